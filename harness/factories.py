@@ -1,0 +1,37 @@
+"""Build registered backbones, datasets and executors by name, with clear errors."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from harness.errors import OptionError
+from harness.registry import did_you_mean, lookup
+
+
+def _check_options(kind: str, name: str, cls: type, options: dict[str, Any]) -> None:
+    sig = inspect.signature(cls.__init__)
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()) and kind != "dataset":
+        return
+    valid = [p for p in sig.parameters if p not in ("self", "options", "kwargs")]
+    for key in options:
+        if key not in valid:
+            raise OptionError(
+                f"{kind} {name!r} has no option {key!r}{did_you_mean(key, valid)}; "
+                f"valid options: {', '.join(valid) or 'none'}"
+            )
+
+
+def get_backbone(name: str):
+    return lookup("backbone", name)()
+
+
+def get_dataset(name: str, **options: Any):
+    cls = lookup("dataset", name)
+    _check_options("dataset", name, cls, options)
+    return cls(**options)
+
+
+def get_executor(name: str, **options: Any):
+    cls = lookup("executor", name)
+    return cls(**options)

@@ -1,0 +1,174 @@
+"""The objective contract: ``Outputs``, ``Objective``, ``get_objective`` and combinations.
+
+An objective is an ``nn.Module`` called as
+``obj(student=Outputs(...), teacher=Outputs(...), step=i, total_steps=n)`` and returns a
+dict of named scalar terms; ``terms["loss"]`` is the one summed into the training loss.
+Options are the keyword arguments of the subclass's ``__init__``; unknown ones raise an
+``OptionError`` that lists the valid ones.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from harness.errors import OptionError, ShapeError
+
+
+@dataclass
+class Outputs:
+    """A model's prediction ``[B,C,H,W]`` and its tapped features (tap name -> tensor).
+
+    Student and teacher features are keyed alike: the trainer pairs taps first, so
+    ``student.features[k]`` is distilled towards ``teacher.features[k]``.
+    """
+
+    pred: Tensor
+    features: dict[str, Tensor] = field(default_factory=dict)
+
+
+class Objective(nn.Module):
+    """Base class of KD objectives (see ``reference/objectives.md`` for the math).
+
+    Class attributes a subclass sets:
+      ``name``: the registry name; ``needs_features``: the trainer then taps features;
+      ``needs_assistant``: the cell runner distils through a teaching assistant (TAKD).
+    """
+
+    name: ClassVar[str] = ""
+    needs_features: ClassVar[bool] = False
+    needs_assistant: ClassVar[bool] = False
+
+    def setup(self, student: Outputs, teacher: Outputs) -> None:
+        """Called once with a sample batch before the optimizer is built (adapters)."""
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [
+            p.name
+            for p in sig.parameters.values()
+            if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+
+    @classmethod
+    def option_defaults(cls) -> dict[str, Any]:
+        sig = inspect.signature(cls.__init__)
+        return {
+            p.name: p.default
+            for p in sig.parameters.values()
+            if p.name != "self" and p.default is not inspect.Parameter.empty
+        }
+
+    def forward(
+        self, student: Outputs, teacher: Outputs, step: int = 0, total_steps: int = 1
+    ) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in getattr(self, "options", {}).items())
+
+
+def check_pair(s: Tensor, t: Tensor, what: str = "prediction") -> None:
+    """Raise a ShapeError when student and teacher tensors cannot be compared."""
+    if s.shape != t.shape:
+        raise ShapeError(
+            f"student and teacher {what} shapes differ: {tuple(s.shape)} vs {tuple(t.shape)}"
+        )
+    if s.dtype != t.dtype:
+        raise ShapeError(f"student and teacher {what} dtypes differ: {s.dtype} vs {t.dtype}")
+
+
+def get_objective(name: str, **options: Any) -> Objective:
+    """Build a registered objective by name with validated options."""
+    from harness.registry import did_you_mean, lookup
+
+    cls = lookup("objective", name)
+    valid = cls.option_names()
+    for key in options:
+        if key not in valid:
+            listed = ", ".join(valid) if valid else "none"
+            raise OptionError(
+                f"objective {name!r} has no option {key!r}{did_you_mean(key, valid)}; "
+                f"valid options: {listed}"
+            )
+    try:
+        obj = cls(**options)
+    except OptionError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise OptionError(f"objective {name!r}: {exc}") from None
+    obj.options = {**cls.option_defaults(), **options}
+    return obj
+
+
+class Combination(nn.Module):
+    """A weighted sum of objectives, e.g. ``place`` at 1.0 plus ``featkd`` at 1e-6 (Eq. 8).
+
+    Terms are prefixed with the objective's name (``place/coarse``); ``loss`` is the
+    weighted sum; each objective's unweighted loss is kept as ``<name>/loss``.
+    """
+
+    def __init__(self, parts: list[tuple[float, Objective]]):
+        super().__init__()
+        if not parts:
+            raise OptionError("an objective combination needs at least one objective")
+        for weight, obj in parts:
+            if not isinstance(weight, (int, float)) or weight < 0 or weight != weight:
+                raise OptionError(f"objective {obj.name!r}: weight must be >= 0, got {weight!r}")
+        self.weights = [float(w) for w, _ in parts]
+        self.parts = nn.ModuleList([o for _, o in parts])
+
+    @property
+    def label(self) -> str:
+        return "+".join(o.name for o in self.parts)
+
+    @property
+    def needs_features(self) -> bool:
+        return any(o.needs_features for o in self.parts)
+
+    @property
+    def needs_assistant(self) -> bool:
+        return any(o.needs_assistant for o in self.parts)
+
+    def setup(self, student: Outputs, teacher: Outputs) -> None:
+        for obj in self.parts:
+            obj.setup(student, teacher)
+
+    def forward(
+        self, student: Outputs, teacher: Outputs, step: int = 0, total_steps: int = 1
+    ) -> dict[str, Tensor]:
+        terms: dict[str, Tensor] = {}
+        total = student.pred.new_zeros(())
+        for weight, obj in zip(self.weights, self.parts):
+            out = obj(student=student, teacher=teacher, step=step, total_steps=total_steps)
+            if not isinstance(out, dict) or "loss" not in out:
+                raise OptionError(f"objective {obj.name!r} returned no 'loss' term")
+            for key, value in out.items():
+                terms[f"{obj.name}/{key}"] = value
+            if weight:
+                total = total + weight * out["loss"]
+        terms["loss"] = total
+        return terms
+
+
+def build_combination(spec: list[dict[str, Any]]) -> Combination:
+    """``[{"name": "place", "weight": 1.0, "group_size": 16}, ...]`` -> Combination."""
+    parts = []
+    for item in spec:
+        item = dict(item)
+        name = item.pop("name")
+        weight = item.pop("weight", 1.0)
+        parts.append((weight, get_objective(name, **item)))
+    return Combination(parts)
+
+
+def finite_terms(terms: dict[str, Tensor]) -> dict[str, float]:
+    """Terms as floats for logging (one device sync for all of them)."""
+    keys = list(terms)
+    values = torch.stack([terms[k].detach().float().reshape(()) for k in keys]).tolist()
+    return dict(zip(keys, values))
