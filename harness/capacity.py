@@ -1,0 +1,257 @@
+"""The models of a capacity grid: base, teachers, students and TAKD assistants.
+
+Every trained model is cached by a hash of everything that determines it, as a verified
+safetensors file (``harness.modelio``), built once under a file lock so that parallel
+workers share it.  A corrupt cache entry is reported and rebuilt, never loaded.
+
+Construction follows the LIFT/PLACE paper's capacity grid (after Diff-Pruning):
+- ``prune = r`` teachers: the pretrained base model pruned at ratio r (Taylor importance,
+  Torch-Pruning) and fine-tuned for ``pretrain.finetune_steps``; r = 0 is the base itself.
+- ``prune = r`` students: the base pruned at r, *not* fine-tuned: KD training starts from
+  the surviving weights.
+- ``preset`` models: built from the backbone's size ladder; teachers are pretrained for
+  ``pretrain.steps``, students start from a seeded random initialisation.
+- ``pretrained``: a diffusers folder / hub id, or a kdbench ``.safetensors`` model file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from filelock import FileLock
+from torch import nn
+
+from harness.config import Capacity, GridConfig, teacher_key
+from harness.errors import CheckpointError, ConfigError
+
+log = logging.getLogger("kdbench")
+
+
+def default_cache_dir() -> Path:
+    """``$KDBENCH_CACHE``, else ``$XDG_CACHE_HOME/kdbench``, else ``~/.cache/kdbench``."""
+    if os.environ.get("KDBENCH_CACHE"):
+        return Path(os.environ["KDBENCH_CACHE"])
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "kdbench"
+
+
+def _hash(obj: Any) -> str:
+    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Context:
+    """What every model-building step of a cell needs."""
+
+    cfg: GridConfig
+    images: torch.Tensor
+    labels: torch.Tensor | None
+    num_classes: int
+    channels: int
+    backbone: Any
+    process: Any
+    device: torch.device
+    cache_dir: Path
+    progress: bool = True
+
+    @classmethod
+    def create(cls, cfg: GridConfig, device: torch.device | str = "cpu",
+               cache_dir: str | Path | None = None, progress: bool = True) -> Context:
+        from harness.factories import get_backbone, get_dataset
+        from harness.process import get_process
+
+        ds = get_dataset(cfg.dataset.name, root=cfg.dataset.root,
+                         image_size=cfg.dataset.image_size, split="train",
+                         **cfg.dataset.options)
+        images, labels = ds.tensors()
+        num_classes = ds.num_classes if cfg.model.conditional else 0
+        backbone = get_backbone(cfg.model.backbone)
+        process = get_process(cfg.model.process or backbone.default_process)
+        folder = Path(cache_dir or cfg.cache.dir or default_cache_dir()).expanduser()
+        return cls(cfg, images, labels if num_classes else None, num_classes, ds.channels,
+                   backbone, process, torch.device(device), folder, progress)
+
+    # ------------------------------------------------------------------ helpers
+
+    def build(self, preset: str | None) -> nn.Module:
+        return self.backbone.build(preset, image_size=self.cfg.dataset.image_size,
+                                   channels=self.channels, num_classes=self.num_classes,
+                                   config=self.cfg.model.config or None)
+
+    def _cached(self, kind: str, key: dict[str, Any], make) -> tuple[nn.Module, dict[str, Any]]:
+        """Load ``kind/<hash(key)>`` from the cache, or build it with ``make()`` and store it."""
+        from harness.modelio import load_model, save_model
+
+        path = self.cache_dir / kind / f"{_hash(key)}.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"):
+            if path.exists():
+                try:
+                    model = load_model(path)
+                    return model.to(self.device), dict(model.spec.get("_build", {}))
+                except CheckpointError as exc:
+                    log.warning("cached %s %s is unusable (%s); rebuilding", kind, path.name, exc)
+                    path.unlink(missing_ok=True)
+            start = time.perf_counter()
+            model, meta = make()
+            meta = {**meta, "build_seconds": time.perf_counter() - start}
+            model.spec["_build"] = meta
+            save_model(model.cpu(), path, extra_meta={"key": json.dumps(key, default=str)})
+            return model.to(self.device), meta
+
+    def _pretrain(self, model: nn.Module, steps: int, desc: str) -> nn.Module:
+        from harness.trainer import BatchMaker, LoopSettings, train
+
+        p = self.cfg.pretrain
+        if steps == 0:
+            return model
+        settings = LoopSettings(steps=steps, batch_size=p.batch_size, lr=p.lr,
+                                ema_decay=p.ema_decay, warmup_steps=p.warmup_steps,
+                                checkpoint_every=max(steps, 1), log_every=max(steps // 10, 1))
+        batches = BatchMaker(self.images, self.labels, self.process, p.batch_size, p.seed,
+                             self.device)
+        result = train(model, batches=batches, settings=settings, device=self.device,
+                       progress=desc if self.progress else None)
+        ema = result.ema
+        ema.spec = model.spec
+        return ema
+
+    def _prune_batches(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        g = torch.Generator().manual_seed(self.cfg.pretrain.seed)
+        out = []
+        for _ in range(self.cfg.pretrain.prune_batches):
+            idx = torch.randint(len(self.images), (self.cfg.pretrain.batch_size,), generator=g)
+            out.append((self.images[idx].to(self.device),
+                        None if self.labels is None else self.labels[idx].to(self.device)))
+        return out
+
+    # ------------------------------------------------------------------ models
+
+    def base(self) -> nn.Module:
+        m = self.cfg.model
+        if m.base_pretrained is not None:
+            return load_pretrained(self, m.base_pretrained)
+        key = {"base": teacher_key(self.cfg, Capacity(preset=m.base))}
+
+        def make():
+            torch.manual_seed(self.cfg.pretrain.seed)
+            model = self.build(m.base).to(self.device)
+            return self._pretrain(model, self.cfg.pretrain.steps, f"pretrain base {m.base}"), {}
+
+        return self._cached("base", key, make)[0]
+
+    def pruned(self, ratio: float) -> nn.Module:
+        """The base pruned at ``ratio`` (Taylor importance over timesteps), not fine-tuned."""
+        from harness.pruning import prune
+
+        if ratio == 0:
+            return self.base()
+        key = {"pruned": teacher_key(self.cfg, Capacity(prune=ratio))}
+
+        def make():
+            base = self.base()
+            return prune(base, ratio, self._prune_batches(), self.process,
+                         seed=self.cfg.pretrain.seed), {}
+
+        return self._cached("pruned", key, make)[0]
+
+    def teacher(self, cap: Capacity) -> nn.Module:
+        if cap.pretrained is not None:
+            return load_pretrained(self, cap.pretrained)
+        key = teacher_key(self.cfg, cap)
+        if cap.prune == 0:
+            return self.base()
+
+        def make():
+            if cap.prune is not None:
+                model = self.pruned(cap.prune)
+                steps, desc = self.cfg.pretrain.finetune_steps, f"fine-tune {cap.name}"
+            else:
+                torch.manual_seed(self.cfg.pretrain.seed)
+                model = self.build(cap.preset).to(self.device)
+                steps, desc = self.cfg.pretrain.steps, f"pretrain {cap.name}"
+            return self._pretrain(model, steps, desc), {}
+
+        return self._cached("teachers", key, make)[0]
+
+    def student_init(self, cap: Capacity, seed: int) -> nn.Module:
+        if cap.pretrained is not None:
+            return load_pretrained(self, cap.pretrained)
+        if cap.prune is not None:
+            model = self.pruned(cap.prune)
+            model.spec.pop("_build", None)
+            return model
+        torch.manual_seed(seed)
+        return self.build(cap.preset).to(self.device)
+
+
+def load_pretrained(ctx: Context, source: str) -> nn.Module:
+    """A kdbench model file (verified safetensors) or a diffusers folder / hub id."""
+    from harness.modelio import load_model
+
+    if source.endswith(".safetensors"):
+        if not Path(source).exists():
+            raise ConfigError(f"pretrained model {source}: file not found")
+        model = load_model(source)
+        if getattr(model, "backbone", None) != ctx.cfg.model.backbone:
+            raise CheckpointError(
+                f"{source}: a {getattr(model, 'backbone', '?')} model, but the grid's backbone "
+                f"is {ctx.cfg.model.backbone}")
+        return model.to(ctx.device)
+    return ctx.backbone.from_pretrained(source).to(ctx.device)
+
+
+def assistant(ctx: Context, teacher_cap: Capacity, student_cap: Capacity,
+              base_spec: list[dict[str, Any]], teacher: nn.Module
+              ) -> tuple[nn.Module, dict[str, Any]]:
+    """TAKD's teaching assistant, KD-trained from the teacher with the base objective.
+
+    Its capacity sits halfway in log-parameters between teacher and student (Mirzadeh et
+    al., AAAI 2020): an intermediate pruning ratio for pruning ladders, the closest preset
+    for preset ladders.  Returns the model and its build info (``build_seconds``: the
+    assistant's training time, which the TAKD cell's cost includes).
+    """
+    from harness.objective import build_combination
+    from harness.trainer import BatchMaker, LiveTeacher, LoopSettings, train
+    from plugins.objectives.takd import assistant_prune_ratio, choose_assistant
+
+    cfg = ctx.cfg
+    if teacher_cap.prune is not None and student_cap.prune is not None:
+        ta_cap = Capacity(prune=round(assistant_prune_ratio(teacher_cap.prune,
+                                                             student_cap.prune), 4))
+    else:
+        sizes = {name: ctx.build(name).num_parameters() for name in ctx.backbone.presets}
+        student_params = ctx.student_init(student_cap, cfg.pretrain.seed).num_parameters()
+        ta_cap = Capacity(preset=choose_assistant(sizes, teacher.num_parameters(),
+                                                  student_params))
+    steps = cfg.train.assistant_steps or cfg.train.steps
+    key = {"teacher": teacher_key(cfg, teacher_cap), "assistant": ta_cap.model_dump(),
+           "base": base_spec, "train": cfg.train.model_dump(exclude={"threads"}),
+           "steps": steps}
+
+    def make():
+        init = ctx.student_init(ta_cap, cfg.pretrain.seed)
+        settings = LoopSettings.from_section(cfg.train, steps=steps,
+                                             checkpoint_every=max(steps, 1))
+        batches = BatchMaker(ctx.images, ctx.labels, ctx.process, cfg.train.batch_size,
+                             cfg.pretrain.seed, ctx.device)
+        objective = build_combination(base_spec)
+        pairs = ctx.backbone.pair_taps(init, teacher) if objective.needs_features else None
+        result = train(init, batches=batches, settings=settings, objective=objective,
+                       teacher=LiveTeacher(teacher, pairs if objective.needs_features else None),
+                       pairs=pairs, device=ctx.device,
+                       progress=f"assistant {ta_cap.name}" if ctx.progress else None)
+        ema = result.ema
+        ema.spec = init.spec
+        return ema, {"capacity": ta_cap.name}
+
+    return ctx._cached("assistants", key, make)

@@ -1,0 +1,311 @@
+"""One job of a grid, run inside an executor's worker process.
+
+``run_job(job)`` is the picklable entry point.  ``job["kind"]`` is ``"teacher"`` (build a
+teacher once and record its sample quality) or ``"cell"`` (one teacher x student x
+objective x seed: KD training, evaluation, and one MLflow run).
+
+A cell is resumable: it checkpoints every ``train.checkpoint_every`` steps under the
+cache folder; a re-run finds the cell's unfinished MLflow run by cell id and continues
+the same run from the checkpoint.  Divergence is a result (status ``diverged``); any
+other exception marks the run ``failed`` and the grid goes on; Ctrl-C marks it
+``killed`` and keeps the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness import __version__
+from harness.config import Capacity, GridConfig
+
+log = logging.getLogger("kdbench")
+
+DONE = ("finished", "diverged")
+
+
+def pick_device() -> torch.device:
+    requested = os.environ.get("KDBENCH_DEVICE")
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5, cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def plugin_versions() -> dict[str, str]:
+    from harness import registry
+
+    out = {}
+    for kind in registry.KINDS:
+        for entry in registry.entries(kind).values():
+            prov = entry.provenance
+            out[prov.distribution or prov.plugin] = prov.version or "?"
+    return out
+
+
+def _setup_worker(job: dict[str, Any]) -> tuple[GridConfig, Any, torch.device]:
+    from harness.tracking import Tracker
+
+    cfg = GridConfig.model_validate(job["config"])
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    torch.use_deterministic_algorithms(False)
+    tracker = Tracker.attach(job["tracking_uri"], job["experiment_id"])
+    return cfg, tracker, pick_device()
+
+
+def _common_tags(job: dict[str, Any], kind: str, cfg: GridConfig, fid_features: str
+                 ) -> dict[str, str]:
+    return {
+        "kdbench.kind": kind,
+        "kdbench.grid_id": job["grid_id"],
+        "kdbench.grid_name": cfg.grid.name,
+        "kdbench.git_commit": job.get("git_commit") or git_commit(),
+        "kdbench.version": __version__,
+        "kdbench.plugins": json.dumps(plugin_versions(), sort_keys=True),
+        "kdbench.fid_features": fid_features,
+        "kdbench.torch": torch.__version__,
+        "kdbench.host": platform.node(),
+    }
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    if job["kind"] == "teacher":
+        return run_teacher(job)
+    return run_cell(job)
+
+
+# ---------------------------------------------------------------------- teachers
+
+
+def run_teacher(job: dict[str, Any]) -> dict[str, Any]:
+    """Build (or load from cache) one teacher and record its sample quality once."""
+    from harness.capacity import Context
+    from harness.evaluate import evaluate, save_grid
+    from harness.metrics import describe_extractor
+
+    cfg, tracker, device = _setup_worker(job)
+    cap = Capacity.model_validate(job["teacher"])
+    existing = [r for r in tracker.find_runs({"kdbench.teacher_id": job["teacher_id"],
+                                              "kdbench.kind": "teacher"})
+                if r["status"] == "finished"]
+    ctx = Context.create(cfg, device, job["cache_dir"], progress=job.get("progress", True))
+    start = time.perf_counter()
+    teacher = ctx.teacher(cap)
+    built = time.perf_counter() - start
+    if existing:
+        return {"status": "finished", "teacher_id": job["teacher_id"], "run_id":
+                existing[0]["run_id"], "reused": True}
+    ds = _dataset(cfg)
+    run_id = tracker.start_run(
+        f"teacher {cap.name}",
+        tags={**_common_tags(job, "teacher", cfg, describe_extractor(ds.feature_extractor)),
+              "kdbench.teacher_id": job["teacher_id"]},
+        params={"teacher": cap.name, "teacher_params": teacher.num_parameters(),
+                "teacher_spec": cap.model_dump(), "backbone": cfg.model.backbone,
+                "dataset": cfg.dataset.name, "image_size": cfg.dataset.image_size},
+    )
+    try:
+        metrics, images = evaluate(
+            teacher, ctx.process, ctx.images, eval_cfg=cfg.eval, num_classes=ctx.num_classes,
+            seed=0, device=device, feature_extractor=ds.feature_extractor,
+            classifier=_classifier(ds), progress=False)
+        metrics["time_build_s"] = built
+        tracker.log_metrics(run_id, metrics)
+        with tempfile.TemporaryDirectory() as tmp:
+            tracker.log_artifact(run_id, str(save_grid(images, Path(tmp) / "samples.png")))
+        tracker.finish(run_id, "finished")
+    except KeyboardInterrupt:
+        tracker.finish(run_id, "killed")
+        raise
+    except Exception as exc:
+        tracker.set_tags(run_id, {"kdbench.error": _one_line(exc)})
+        tracker.finish(run_id, "failed")
+        return {"status": "failed", "teacher_id": job["teacher_id"], "error": _one_line(exc)}
+    return {"status": "finished", "teacher_id": job["teacher_id"], "run_id": run_id,
+            "metrics": metrics}
+
+
+# ---------------------------------------------------------------------- cells
+
+
+def _dataset(cfg: GridConfig):
+    from harness.factories import get_dataset
+
+    return get_dataset(cfg.dataset.name, root=cfg.dataset.root,
+                       image_size=cfg.dataset.image_size, split="train", **cfg.dataset.options)
+
+
+def _classifier(ds: Any):
+    make = getattr(ds, "classifier", None)
+    return make() if callable(make) else None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip().splitlines()
+    return text[0][:500] if text else type(exc).__name__
+
+
+def checkpoint_path(job: dict[str, Any]) -> Path:
+    return Path(job["cache_dir"]) / "checkpoints" / f"{job['cell_id']}.safetensors"
+
+
+def _open_run(job: dict[str, Any], tracker: Any, cfg: GridConfig, fid_features: str
+              ) -> tuple[str | None, bool]:
+    """(run_id, resumed); run_id None means the cell is already done."""
+    ckpt = checkpoint_path(job)
+    runs = tracker.find_runs({"kdbench.cell_id": job["cell_id"], "kdbench.kind": "cell"})
+    if not job.get("rerun"):
+        if any(r["status"] in DONE for r in runs):
+            return None, False
+        unfinished = [r for r in runs if r["status"] in ("running", "failed", "killed")]
+        if unfinished and ckpt.exists():
+            run_id = unfinished[0]["run_id"]
+            tracker.resume_run(run_id)
+            return run_id, True
+    ckpt.unlink(missing_ok=True)
+    spec = job["objective"]
+    params = {
+        "objective": job["objective_label"], "objective_spec": spec,
+        "teacher": job["teacher_name"], "student": job["student_name"],
+        "teacher_spec": job["teacher"], "student_spec": job["student"],
+        "backbone": cfg.model.backbone, "process": cfg.model.process or "default",
+        "dataset": cfg.dataset.name, "image_size": cfg.dataset.image_size,
+        "seed": job["seed"], "steps": cfg.train.steps, "batch_size": cfg.train.batch_size,
+        "lr": cfg.train.lr, "lambda_diff": cfg.train.lambda_diff,
+        "ema_decay": cfg.train.ema_decay, "sample_steps": cfg.eval.sample_steps,
+        "num_samples": cfg.eval.num_samples,
+    }
+    tags = {**_common_tags(job, "cell", cfg, fid_features), "kdbench.cell_id": job["cell_id"],
+            "kdbench.teacher_id": job["teacher_id"], "kdbench.label": job["label"]}
+    run_id = tracker.start_run(job["label"], tags=tags, params=params)
+    return run_id, False
+
+
+def _teacher_source(ctx: Any, job: dict[str, Any], source_model: torch.nn.Module,
+                    source_key: str, objective: Any, batches: Any, pairs: Any
+                    ) -> tuple[Any, str]:
+    """Cached teacher predictions when possible, else the live teacher."""
+    from harness.teacher_cache import CachedTeacher, TeacherPredictionCache, cache_size_mb
+    from harness.trainer import LiveTeacher, autocast_for
+
+    cfg = ctx.cfg
+    autocast = autocast_for(ctx.device, cfg.train.precision)
+    live = LiveTeacher(source_model, pairs, autocast)
+    size = cache_size_mb(cfg.train.steps, cfg.train.batch_size, tuple(ctx.images.shape[1:]))
+    if objective.needs_features or size > cfg.train.teacher_cache_mb:
+        return live, "live"
+    key = json.dumps({"source": source_key, "seed": job["seed"], "train": {
+        k: getattr(cfg.train, k) for k in ("steps", "batch_size", "precision")},
+        "process": cfg.model.process, "device": ctx.device.type}, sort_keys=True)
+    import hashlib
+
+    folder = ctx.cache_dir / "teacher-preds" / hashlib.sha256(key.encode()).hexdigest()[:16]
+    cache = TeacherPredictionCache(folder, cfg.train.steps)
+    if not cache.complete():
+        cache.build(live, batches, progress="teacher predictions" if ctx.progress else None)
+    return CachedTeacher(cache, ctx.device), "cached"
+
+
+def run_cell(job: dict[str, Any]) -> dict[str, Any]:
+    from harness import capacity
+    from harness.capacity import Context
+    from harness.errors import DivergedError
+    from harness.evaluate import evaluate, save_grid
+    from harness.metrics import describe_extractor
+    from harness.modelio import save_model
+    from harness.objective import build_combination
+    from harness.trainer import BatchMaker, LoopSettings, train
+
+    cfg, tracker, device = _setup_worker(job)
+    ds = _dataset(cfg)
+    run_id, resumed = _open_run(job, tracker, cfg, describe_extractor(ds.feature_extractor))
+    if run_id is None:
+        return {"cell_id": job["cell_id"], "status": "skipped"}
+    result: dict[str, Any] = {"cell_id": job["cell_id"], "run_id": run_id, "resumed": resumed}
+    try:
+        ctx = Context.create(cfg, device, job["cache_dir"], progress=job.get("progress", True))
+        t0 = time.perf_counter()
+        teacher_cap = Capacity.model_validate(job["teacher"])
+        student_cap = Capacity.model_validate(job["student"])
+        teacher = ctx.teacher(teacher_cap)
+        time_teacher = time.perf_counter() - t0
+        objective = build_combination(job["objective"])
+        student = ctx.student_init(student_cap, job["seed"])
+        metrics: dict[str, float] = {"time_teacher_s": time_teacher}
+        source, source_key = teacher, job["teacher_id"]
+        if objective.needs_assistant:
+            source, info = capacity.assistant(ctx, teacher_cap, student_cap, job["objective"],
+                                              teacher)
+            source_key = f"assistant:{job['teacher_id']}:{info.get('capacity')}"
+            metrics["time_assistant_s"] = float(info.get("build_seconds", 0.0))
+            tracker.log_params(run_id, {"assistant": info.get("capacity"),
+                                        "assistant_params": source.num_parameters()})
+        if not resumed:
+            tracker.log_params(run_id, {"teacher_params": teacher.num_parameters(),
+                                        "student_params": student.num_parameters()})
+        settings = LoopSettings.from_section(cfg.train)
+        batches = BatchMaker(ctx.images, ctx.labels, ctx.process, cfg.train.batch_size,
+                             job["seed"], device)
+        pairs = ctx.backbone.pair_taps(student, source) if objective.needs_features else None
+        teacher_source, mode = _teacher_source(ctx, job, source, source_key, objective,
+                                               batches, pairs)
+        tracker.set_tags(run_id, {"kdbench.teacher_mode": mode})
+        trained = train(student, batches=batches, settings=settings, objective=objective,
+                        teacher=teacher_source, pairs=pairs, checkpoint=checkpoint_path(job),
+                        log=lambda step, m: tracker.log_metrics(run_id, m, step=step),
+                        device=device,
+                        progress=job["label"] if job.get("progress", True) else None)
+        tracker.flush()
+        metrics.update(iter_per_s=trained.iter_per_s, peak_mem_mb=trained.peak_mem_mb,
+                       time_train_s=trained.time_train_s, teacher_share=trained.teacher_share)
+        scores, images = evaluate(
+            trained.ema, ctx.process, ctx.images, eval_cfg=cfg.eval,
+            num_classes=ctx.num_classes, seed=job["seed"], device=device,
+            feature_extractor=ds.feature_extractor, classifier=_classifier(ds))
+        metrics.update(scores)
+        tracker.log_metrics(run_id, metrics)
+        with tempfile.TemporaryDirectory() as tmp:
+            tracker.log_artifact(run_id, str(save_grid(images, Path(tmp) / "samples.png")))
+            tracker.log_json(run_id, job["config"], "config.json")
+            if cfg.eval.save_student:
+                path = Path(tmp) / "student.safetensors"
+                save_model(trained.ema.cpu(), path)
+                tracker.log_artifact(run_id, str(path))
+        tracker.finish(run_id, "finished")
+        checkpoint_path(job).unlink(missing_ok=True)
+        result.update(status="finished", metrics=metrics)
+    except DivergedError as exc:
+        tracker.log_metrics(run_id, {"diverged_step": exc.step})
+        tracker.set_tags(run_id, {"kdbench.diverged_reason": exc.reason[:250]})
+        tracker.finish(run_id, "diverged")
+        checkpoint_path(job).unlink(missing_ok=True)
+        result.update(status="diverged", step=exc.step, reason=exc.reason)
+    except KeyboardInterrupt:
+        tracker.flush()
+        tracker.finish(run_id, "killed")
+        raise
+    except Exception as exc:
+        log.debug("cell %s failed:\n%s", job["cell_id"], traceback.format_exc())
+        tracker.set_tags(run_id, {"kdbench.error": _one_line(exc)})
+        tracker.finish(run_id, "failed")
+        result.update(status="failed", error=_one_line(exc))
+    return result

@@ -1,0 +1,260 @@
+"""The ``kdbench`` command line.
+
+Bad input ends with one line on stderr and exit code 2 (``--debug`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import click
+
+from harness import __version__
+from harness.errors import KDBenchError
+
+
+class _Group(click.Group):
+    """Turns KDBenchError into a one-line message and exit code 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except KDBenchError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"kdbench: error: {exc}", err=True)
+            ctx.exit(2)
+        except KeyboardInterrupt:
+            click.echo("kdbench: interrupted; finished cells are recorded, a re-run resumes "
+                       "the rest", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="kdbench")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """kdbench: which KD objective trains your small diffusion student best?"""
+    debug = debug or bool(os.environ.get("KDBENCH_DEBUG"))
+    ctx.obj = {"debug": debug}
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
+                        format="kdbench: %(levelname)s: %(message)s")
+    if not debug:
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.formatwarning = lambda msg, cat, *a, **k: f"kdbench: warning: {msg}\n"
+
+
+# ---------------------------------------------------------------------- run
+
+
+@cli.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config key, e.g. --set train.steps=100 (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Validate and print the cells; run nothing.")
+@click.option("--rerun", is_flag=True, help="Run cells again even if finished in MLflow.")
+@click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: local SQLite).")
+@click.option("--cache-dir", default=None, help="Where teachers and checkpoints are cached.")
+@click.option("--no-leaderboard", is_flag=True, help="Do not print leaderboards at the end.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def run(config: Path, overrides: tuple[str, ...], dry_run: bool, rerun: bool,
+        tracking_uri: str | None, cache_dir: str | None, no_leaderboard: bool,
+        quiet: bool) -> None:
+    """Run the grid in CONFIG (a TOML file)."""
+    from harness.config import expand, experiment_name, grid_id, load_config
+
+    cfg = load_config(config, overrides)
+    cells = expand(cfg)
+    if dry_run:
+        click.echo(f"grid {cfg.grid.name} ({grid_id(cfg)}): {len(cells)} cells, "
+                   f"{len(cfg.teachers)} teachers x {len(cfg.students)} students x "
+                   f"{len(cfg.objectives)} objectives x {len(cfg.grid.seeds)} seeds")
+        for cell in cells:
+            click.echo(f"  {cell['cell_id']}  {cell['label']}")
+        return
+    from harness.grid import run_grid
+    from harness.tracking import mask_uri
+
+    result = run_grid(cfg, tracking_uri=tracking_uri, rerun=rerun, cache_dir=cache_dir,
+                      progress=not quiet)
+    click.echo(
+        f"grid {cfg.grid.name} ({result.grid_id}): {result.count('finished')} finished, "
+        f"{result.count('diverged')} diverged, {result.count('failed')} failed, "
+        f"{len(result.skipped)} already done")
+    for r in result.results + result.teacher_results:
+        if r.get("status") == "failed":
+            click.echo(f"  failed: {r.get('cell_id')}: {r.get('error', '')}", err=True)
+    if not no_leaderboard:
+        from leaderboards import report
+
+        plots = Path("kdbench-out") / "plots" / cfg.grid.name
+        click.echo(report(result.tracking_uri, experiments=[experiment_name(cfg)],
+                          grid_ids=[result.grid_id], fmt="text", plot_dir=plots))
+        click.echo(f"plots: {plots.resolve()}")
+    click.echo(f"MLflow store: {mask_uri(result.tracking_uri)} "
+               f"(experiment {experiment_name(cfg)}; `kdbench ui` to browse)")
+    if result.count("failed"):
+        sys.exit(1)
+
+
+# ---------------------------------------------------------------------- plugins
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def plugins(as_json: bool) -> None:
+    """List installed objectives, backbones, datasets and executors."""
+    from harness import registry
+
+    rows = []
+    for kind in registry.KINDS:
+        for name, entry in sorted(registry.entries(kind).items()):
+            p = entry.provenance
+            rows.append({"kind": kind, "name": name, "distribution": p.distribution,
+                         "version": p.version, "module": p.module, "summary": entry.summary})
+    failures = [{"plugin": f.plugin, "error": f.error} for f in registry.failures()]
+    if as_json:
+        click.echo(json.dumps({"plugins": rows, "failures": failures}, indent=2))
+        return
+    from tabulate import tabulate
+
+    table = [[r["kind"], r["name"], f"{r['distribution']} {r['version']}", r["summary"][:60]]
+             for r in rows]
+    click.echo(tabulate(table, headers=["kind", "name", "provided by", "summary"]))
+    for f in failures:
+        click.echo(f"failed to load plugin {f['plugin']}: {f['error']}", err=True)
+
+
+# ---------------------------------------------------------------------- models
+
+
+@cli.command()
+@click.argument("backbone", required=False)
+@click.option("--image-size", default=16, show_default=True)
+@click.option("--channels", default=1, show_default=True)
+@click.option("--num-classes", default=10, show_default=True)
+def models(backbone: str | None, image_size: int, channels: int, num_classes: int) -> None:
+    """Show each backbone's size presets with parameter counts."""
+    from tabulate import tabulate
+
+    from harness import registry
+    from harness.models import preset_table
+
+    names = [backbone] if backbone else sorted(registry.entries("backbone"))
+    for name in names:
+        registry.lookup("backbone", name)
+        rows = preset_table(name, image_size, channels=channels, num_classes=num_classes)
+        click.echo(f"{name} (image {image_size}x{image_size}, {channels} channel(s)):")
+        click.echo(tabulate([[r["name"], f"{r['params']:,}"] for r in rows],
+                            headers=["preset", "parameters"]))
+        click.echo()
+
+
+# ---------------------------------------------------------------------- leaderboard
+
+
+@cli.command()
+@click.option("--experiment", "experiments", multiple=True, help="MLflow experiment name(s).")
+@click.option("--grid", "grids", multiple=True, help="Grid id(s).")
+@click.option("--format", "fmt", type=click.Choice(["text", "md", "csv", "html"]),
+              default="text", show_default=True)
+@click.option("--metric", default="fid", show_default=True,
+              type=click.Choice(["fid", "kid_mean", "isc_mean", "precision", "recall",
+                                 "class_acc"]))
+@click.option("--plot", "plot_dir", type=click.Path(path_type=Path), default=None,
+              help="Write plots (PNG) into this folder.")
+@click.option("--compare", nargs=2, default=None, metavar="GRID_A GRID_B",
+              help="Compare two grids (ids or experiment names).")
+@click.option("--output", "-o", type=click.Path(path_type=Path), default=None)
+@click.option("--tracking-uri", default=None)
+def leaderboard(experiments, grids, fmt, metric, plot_dir, compare, output,
+                tracking_uri) -> None:
+    """Render leaderboards from the MLflow runs."""
+    import leaderboards
+    from harness.tracking import resolve_uri
+
+    uri = resolve_uri(tracking_uri, ".")
+    if compare:
+        text = leaderboards.compare_report(uri, compare[0], compare[1], fmt=fmt, metric=metric)
+    else:
+        text = leaderboards.report(uri, experiments=list(experiments) or None,
+                                   grid_ids=list(grids) or None, fmt=fmt, plot_dir=plot_dir,
+                                   metric=metric)
+    if output:
+        output.write_text(text)
+        click.echo(f"wrote {output}")
+    else:
+        click.echo(text)
+
+
+# ---------------------------------------------------------------------- teachers, classifier
+
+
+@cli.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@click.option("--cache-dir", default=None)
+def teachers(config: Path, overrides: tuple[str, ...], cache_dir: str | None) -> None:
+    """Build (pretrain, prune, fine-tune) and cache the grid's teachers, and list them."""
+    from harness.capacity import Context
+    from harness.cell import pick_device
+    from harness.config import load_config
+
+    cfg = load_config(config, overrides)
+    ctx = Context.create(cfg, pick_device(), cache_dir)
+    for cap in cfg.teachers:
+        model = ctx.teacher(cap)
+        click.echo(f"{cap.name}: {model.num_parameters():,} parameters")
+    for cap in cfg.students:
+        model = ctx.student_init(cap, cfg.grid.seeds[0])
+        click.echo(f"student {cap.name}: {model.num_parameters():,} parameters")
+    click.echo(f"cache: {ctx.cache_dir}")
+
+
+@cli.command("train-classifier")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Where to write the weights (default: the shipped file).")
+@click.option("--seed", default=0, show_default=True)
+def train_classifier_cmd(out: Path | None, seed: int) -> None:
+    """Retrain the digit classifier that the embedded default's metrics use."""
+    from harness.classifier import default_weights_path, train_classifier
+
+    path = out or default_weights_path()
+    metrics = train_classifier(seed=seed, out_path=path)
+    click.echo(f"wrote {path}: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
+
+
+# ---------------------------------------------------------------------- ui
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind; the default keeps the UI private to this machine.")
+@click.option("--port", default=5000, show_default=True)
+@click.option("--tracking-uri", default=None)
+def ui(host: str, port: int, tracking_uri: str | None) -> None:
+    """Open the MLflow UI on the kdbench store."""
+    import subprocess
+
+    from harness.tracking import mask_uri, resolve_uri
+
+    uri = resolve_uri(tracking_uri, ".")
+    click.echo(f"MLflow UI for {mask_uri(uri)} at http://{host}:{port}")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+           "--host", host, "--port", str(port)]
+    raise SystemExit(subprocess.call(cmd))
+
+
+def main() -> None:
+    cli(prog_name="kdbench")
+
+
+if __name__ == "__main__":
+    main()

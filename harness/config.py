@@ -1,0 +1,430 @@
+"""Grid files: parse TOML, apply ``--set`` overrides, validate up front, expand into cells.
+
+A grid is ``teachers x students x objectives x seeds``.  Each cell gets a stable id: a
+hash of its resolved settings (tracking and executor settings excluded), used to cache
+teachers, to find finished cells in MLflow and to resume interrupted ones.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import tomllib
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from harness.errors import ConfigError, KDBenchError
+from harness.registry import did_you_mean
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class GridSection(_Strict):
+    name: str = "grid"
+    description: str = ""
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+
+
+class DatasetSection(_Strict):
+    name: str = "digits"
+    image_size: int = Field(16, ge=4, le=1024)
+    root: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Capacity(_Strict):
+    """One model of the capacity ladder: a preset, a pruning ratio of the base, or weights."""
+
+    preset: str | None = None
+    prune: float | None = None
+    pretrained: str | None = None
+    label: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Capacity:
+        given = [k for k in ("preset", "prune", "pretrained") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of preset, prune, pretrained")
+        if self.prune is not None and not (0.0 <= self.prune < 1.0):
+            raise ValueError(f"prune ratio must be in [0, 1), got {self.prune}")
+        return self
+
+    @property
+    def name(self) -> str:
+        if self.label:
+            return self.label
+        if self.preset is not None:
+            return self.preset
+        if self.prune is not None:
+            return f"prune{self.prune:g}"
+        return Path(str(self.pretrained)).name or str(self.pretrained)
+
+
+class ModelSection(_Strict):
+    backbone: str = "unet"
+    process: str | None = None
+    base: str | None = None  # preset of the base model that pruning ratios refer to
+    base_pretrained: str | None = None
+    conditional: bool = True
+    config: dict[str, Any] = Field(default_factory=dict)  # explicit backbone config overrides
+
+
+class PretrainSection(_Strict):
+    """Training of teachers: the base model, presets, and fine-tuning of pruned teachers."""
+
+    steps: int = Field(2000, ge=0)
+    finetune_steps: int = Field(500, ge=0)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    ema_decay: float = Field(0.995, ge=0, lt=1)
+    warmup_steps: int = Field(100, ge=0)
+    prune_batches: int = Field(4, ge=1)
+    seed: int = 0
+
+
+class TrainSection(_Strict):
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(0.0, ge=0)
+    grad_clip: float = Field(1.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    ema_decay: float = Field(0.99, ge=0, lt=1)
+    lambda_diff: float = Field(1.0, ge=0)
+    log_every: int = Field(25, ge=1)
+    checkpoint_every: int = Field(250, ge=1)
+    diverge_factor: float = Field(1e3, gt=1)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    teacher_cache_mb: int = Field(2048, ge=0)
+    threads: int | None = Field(None, ge=1)
+    assistant_steps: int | None = Field(None, ge=1)
+
+
+class EvalSection(_Strict):
+    num_samples: int = Field(1000, ge=2)
+    sample_steps: int = Field(50, ge=1)
+    batch_size: int = Field(500, ge=1)
+    metrics: list[Literal["fid", "kid", "isc", "prc"]] = Field(
+        default_factory=lambda: ["fid", "kid", "isc", "prc"]
+    )
+    inception_weights: str | None = None
+    save_student: bool = False
+    collapse_fid: float | None = None
+
+
+class TrackingSection(_Strict):
+    uri: str | None = None
+    experiment: str | None = None
+
+
+class ExecutorSection(_Strict):
+    name: str = "local"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class CacheSection(_Strict):
+    dir: str | None = None
+
+
+class GridConfig(_Strict):
+    grid: GridSection = Field(default_factory=GridSection)
+    dataset: DatasetSection = Field(default_factory=DatasetSection)
+    model: ModelSection = Field(default_factory=ModelSection)
+    teachers: list[Capacity] = Field(min_length=1)
+    students: list[Capacity] = Field(min_length=1)
+    objectives: list[str | dict[str, Any]] = Field(min_length=1)
+    objective: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    pretrain: PretrainSection = Field(default_factory=PretrainSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    eval: EvalSection = Field(default_factory=EvalSection)
+    tracking: TrackingSection = Field(default_factory=TrackingSection)
+    executor: ExecutorSection = Field(default_factory=ExecutorSection)
+    cache: CacheSection = Field(default_factory=CacheSection)
+
+    @field_validator("teachers", "students", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict) else value
+
+
+_SECTIONS = list(GridConfig.model_fields)
+
+
+# ---------------------------------------------------------------- loading and overrides
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """``train.steps=100`` -> data["train"]["steps"] = 100 (values parsed as TOML)."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. train.steps=100")
+    key, _, raw = assignment.partition("=")
+    parts = [p.strip() for p in key.strip().split(".") if p.strip()]
+    if not parts:
+        raise ConfigError(f"--set {assignment!r}: empty key")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {part!r} is not a table")
+        node = child
+    node[parts[-1]] = _parse_value(raw.strip())
+
+
+def _format_validation_error(source: str, exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        parent = err["loc"][:-1]
+        key = str(err["loc"][-1])
+        model: Any = GridConfig
+        for p in parent:
+            field = getattr(model, "model_fields", {}).get(str(p))
+            model = field.annotation if field is not None else None
+        valid = list(getattr(model, "model_fields", {})) if model is not None else _SECTIONS
+        msg = f"unknown key{did_you_mean(key, valid)}; valid keys: {', '.join(valid)}"
+    elif "input" in err and err["type"] not in ("missing",):
+        msg = f"{msg} (got {err['input']!r})"
+    more = len(exc.errors()) - 1
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"{source}: {loc or 'grid'}: {msg}{suffix}"
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> GridConfig:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: grid file not found")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: TOML syntax error: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file") from None
+    return config_from_dict(data, overrides, source=str(path))
+
+
+def config_from_dict(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = (),
+                     source: str = "<grid>") -> GridConfig:
+    data = copy.deepcopy(data)
+    for assignment in overrides:
+        apply_override(data, assignment)
+    try:
+        cfg = GridConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(source, exc)) from None
+    validate_plugins(cfg, source)
+    return cfg
+
+
+# ---------------------------------------------------------------- objectives
+
+
+def objective_spec(entry: str | dict[str, Any], defaults: dict[str, dict[str, Any]]
+                   ) -> list[dict[str, Any]]:
+    """An ``objectives`` entry -> list of {name, weight, **options} (defaults filled in).
+
+    Entries: ``"place+featkd"`` (each part takes ``[objective.NAME]`` defaults), or a table
+    ``{name = "place+featkd", featkd = {weight = 1e-6}}`` overriding per part.
+    """
+    if isinstance(entry, str):
+        label, per_part = entry, {}
+    else:
+        entry = dict(entry)
+        if "name" not in entry or not isinstance(entry["name"], str):
+            raise ConfigError("an objectives table needs a string 'name', e.g. name = \"place\"")
+        label = entry.pop("name")
+        per_part = entry
+    names = [n.strip() for n in label.split("+") if n.strip()]
+    if not names:
+        raise ConfigError(f"objective {label!r}: empty name")
+    unknown_parts = set(per_part) - set(names)
+    if unknown_parts:
+        raise ConfigError(
+            f"objective {label!r}: options for {sorted(unknown_parts)} which are not parts of it"
+        )
+    spec = []
+    for name in names:
+        options = {**defaults.get(name, {}), **per_part.get(name, {})}
+        weight = options.pop("weight", 1.0)
+        spec.append({"name": name, "weight": weight, **options})
+    return spec
+
+
+def spec_label(spec: list[dict[str, Any]]) -> str:
+    return "+".join(part["name"] for part in spec)
+
+
+# ---------------------------------------------------------------- validation against plugins
+
+
+def validate_plugins(cfg: GridConfig, source: str = "<grid>") -> None:
+    """Check plugin names and options before anything runs (errors name file and key)."""
+    from harness import factories
+    from harness.objective import build_combination
+
+    def fail(key: str, exc: Exception) -> None:
+        raise ConfigError(f"{source}: {key}: {exc}") from None
+
+    from harness.registry import lookup
+
+    try:
+        lookup("dataset", cfg.dataset.name)
+    except KDBenchError as exc:
+        fail("dataset.name", exc)
+    try:
+        backbone = factories.get_backbone(cfg.model.backbone)
+    except KDBenchError as exc:
+        fail("model.backbone", exc)
+    try:
+        lookup("executor", cfg.executor.name)
+    except KDBenchError as exc:
+        fail("executor.name", exc)
+    if cfg.model.process is not None:
+        from harness.process import get_process
+
+        try:
+            get_process(cfg.model.process)
+        except KDBenchError as exc:
+            fail("model.process", exc)
+    presets = getattr(backbone, "presets", {})
+    needs_base = False
+    for section in ("teachers", "students"):
+        for i, cap in enumerate(getattr(cfg, section)):
+            if cap.preset is not None and cap.preset not in presets:
+                fail(f"{section}[{i}].preset", KDBenchError(
+                    f"unknown preset {cap.preset!r} of backbone {cfg.model.backbone!r}"
+                    f"{did_you_mean(cap.preset, presets)}; valid: {', '.join(presets)}"))
+            if cap.prune is not None:
+                needs_base = True
+            if cap.preset is not None:
+                try:
+                    backbone.check_image_size(cfg.dataset.image_size, cap.preset)
+                except KDBenchError as exc:
+                    fail(f"{section}[{i}].preset", exc)
+    if needs_base and cfg.model.base is None and cfg.model.base_pretrained is None:
+        fail("model.base", KDBenchError(
+            "pruning ratios need a base model: set model.base (a preset) or model.base_pretrained"))
+    if cfg.model.base is not None:
+        if cfg.model.base not in presets:
+            fail("model.base", KDBenchError(
+                f"unknown preset {cfg.model.base!r}{did_you_mean(cfg.model.base, presets)}; "
+                f"valid: {', '.join(presets)}"))
+        try:
+            backbone.check_image_size(cfg.dataset.image_size, cfg.model.base)
+        except KDBenchError as exc:
+            fail("model.base", exc)
+    for name, options in cfg.objective.items():
+        try:
+            lookup("objective", name)
+        except KDBenchError as exc:
+            fail(f"objective.{name}", exc)
+    for i, entry in enumerate(cfg.objectives):
+        try:
+            spec = objective_spec(entry, cfg.objective)
+            build_combination(spec)
+        except KDBenchError as exc:
+            fail(f"objectives[{i}]", exc)
+    _warn_inverted_gap(cfg, presets)
+
+
+def _capacity_rank(cap: Capacity, presets: dict[str, Any]) -> float | None:
+    if cap.prune is not None:
+        return (1 - cap.prune) ** 2
+    if cap.preset is not None:
+        order = list(presets)
+        return 4.0 ** order.index(cap.preset) if cap.preset in order else None
+    return None
+
+
+def _warn_inverted_gap(cfg: GridConfig, presets: dict[str, Any]) -> None:
+    for t in cfg.teachers:
+        for s in cfg.students:
+            rt, rs = _capacity_rank(t, presets), _capacity_rank(s, presets)
+            same_kind = (t.prune is None) == (s.prune is None)
+            if rt is not None and rs is not None and same_kind and rt <= rs:
+                warnings.warn(
+                    f"teacher {t.name!r} is not larger than student {s.name!r}: "
+                    "that cell measures no capacity gap",
+                    stacklevel=2,
+                )
+
+
+# ---------------------------------------------------------------- expansion into cells
+
+
+def _hash(obj: Any, n: int = 12) -> str:
+    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def teacher_key(cfg: GridConfig, cap: Capacity) -> dict[str, Any]:
+    """Everything that determines a trained teacher (its cache identity)."""
+    return {
+        "dataset": cfg.dataset.model_dump(),
+        "model": cfg.model.model_dump(),
+        "capacity": cap.model_dump(exclude={"label"}),
+        "pretrain": cfg.pretrain.model_dump(),
+    }
+
+
+def expand(cfg: GridConfig) -> list[dict[str, Any]]:
+    """The grid's cells as JSON-able dicts, each with a stable ``cell_id``."""
+    cells = []
+    shared = {
+        "dataset": cfg.dataset.model_dump(),
+        "model": cfg.model.model_dump(),
+        "pretrain": cfg.pretrain.model_dump(),
+        "train": cfg.train.model_dump(exclude={"threads"}),
+        "eval": cfg.eval.model_dump(exclude={"save_student"}),
+    }
+    for teacher in cfg.teachers:
+        for student in cfg.students:
+            for entry in cfg.objectives:
+                spec = objective_spec(entry, cfg.objective)
+                for seed in cfg.grid.seeds:
+                    identity = {
+                        **shared,
+                        "teacher": teacher.model_dump(exclude={"label"}),
+                        "student": student.model_dump(exclude={"label"}),
+                        "objective": spec,
+                        "seed": seed,
+                    }
+                    cells.append({
+                        "cell_id": _hash(identity),
+                        "label": f"{spec_label(spec)} | {teacher.name} -> {student.name} | s{seed}",
+                        "objective_label": spec_label(spec),
+                        "objective": spec,
+                        "teacher": teacher.model_dump(),
+                        "teacher_name": teacher.name,
+                        "teacher_id": _hash(teacher_key(cfg, teacher)),
+                        "student": student.model_dump(),
+                        "student_name": student.name,
+                        "seed": seed,
+                    })
+    ids = [c["cell_id"] for c in cells]
+    if len(set(ids)) != len(ids):
+        raise ConfigError("the grid lists the same cell twice (duplicate teacher, student, "
+                          "objective or seed)")
+    return cells
+
+
+def grid_id(cfg: GridConfig) -> str:
+    return _hash({"name": cfg.grid.name, "cells": sorted(c["cell_id"] for c in expand(cfg))}, 10)
+
+
+def experiment_name(cfg: GridConfig) -> str:
+    return cfg.tracking.experiment or f"kdbench-{cfg.grid.name}"

@@ -1,0 +1,102 @@
+"""Run a whole grid: create the store, build teachers, run the cells, report.
+
+Stages: (1) the MLflow store and experiment are created in this process before any
+worker starts (SQLite migrations race otherwise); (2) one job per distinct teacher
+builds it once (cached) and records its sample quality; (3) the cells not yet finished
+in MLflow run through the configured executor, a fresh process each.  A cell whose worker
+died is marked failed in MLflow so that nothing stays RUNNING; re-running the grid
+resumes it from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.config import GridConfig, expand, experiment_name, grid_id
+
+log = logging.getLogger("kdbench")
+
+
+@dataclass
+class GridRun:
+    grid_id: str
+    experiment: str
+    tracking_uri: str
+    cells: list[dict[str, Any]]
+    skipped: list[str] = field(default_factory=list)
+    teacher_results: list[dict[str, Any]] = field(default_factory=list)
+    results: list[dict[str, Any]] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(1 for r in self.results if r.get("status") == status)
+
+
+def _jobs(cfg: GridConfig, context: dict[str, Any], cells: list[dict[str, Any]]
+          ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    teachers: dict[str, dict[str, Any]] = {}
+    for cell in cells:
+        teachers.setdefault(cell["teacher_id"], {
+            **context, "kind": "teacher", "cell_id": f"teacher-{cell['teacher_id']}",
+            "label": f"teacher {cell['teacher_name']}", "teacher": cell["teacher"],
+            "teacher_id": cell["teacher_id"]})
+    cell_jobs = [{**context, "kind": "cell", **cell} for cell in cells]
+    return list(teachers.values()), cell_jobs
+
+
+def run_grid(cfg: GridConfig, *, tracking_uri: str | None = None, rerun: bool = False,
+             cache_dir: str | None = None, progress: bool = True,
+             workdir: str | Path = ".") -> GridRun:
+    from harness.capacity import default_cache_dir
+    from harness.cell import git_commit, run_job
+    from harness.factories import get_dataset, get_executor
+    from harness.metrics import check_metric_available
+    from harness.tracking import Tracker, resolve_uri
+
+    ds = get_dataset(cfg.dataset.name, root=cfg.dataset.root, image_size=cfg.dataset.image_size,
+                     split="train", **cfg.dataset.options)
+    check_metric_available(ds.feature_extractor, cfg.eval.inception_weights)
+    uri = resolve_uri(tracking_uri or cfg.tracking.uri, workdir)
+    tracker = Tracker(uri, experiment_name(cfg))
+    gid = grid_id(cfg)
+    cells = expand(cfg)
+    run = GridRun(gid, experiment_name(cfg), uri, cells)
+    if not rerun:
+        done = set()
+        for r in tracker.find_runs({"kdbench.kind": "cell"}):
+            if r["status"] in ("finished", "diverged"):
+                done.add(r["tags"].get("kdbench.cell_id"))
+        run.skipped = [c["cell_id"] for c in cells if c["cell_id"] in done]
+        cells = [c for c in cells if c["cell_id"] not in done]
+    context = {
+        "config": cfg.model_dump(mode="json"), "tracking_uri": uri,
+        "experiment_id": tracker.experiment_id, "grid_id": gid, "rerun": rerun,
+        "cache_dir": str(Path(cache_dir or cfg.cache.dir or default_cache_dir()).expanduser()),
+        "progress": progress, "git_commit": git_commit(),
+    }
+    teacher_jobs, cell_jobs = _jobs(cfg, context, cells)
+    executor = get_executor(cfg.executor.name, **cfg.executor.options)
+    if teacher_jobs:
+        run.teacher_results = executor.run(teacher_jobs, run_job)
+        broken = {r["teacher_id"] for r in run.teacher_results
+                  if r.get("status") not in ("finished",) and "teacher_id" in r}
+        if broken:
+            log.warning("%d teacher(s) failed; their cells will fail too", len(broken))
+    if cell_jobs:
+        run.results = executor.run(cell_jobs, run_job)
+    _mark_dead_workers(tracker, cell_jobs, run.results)
+    return run
+
+
+def _mark_dead_workers(tracker: Any, jobs: list[dict[str, Any]],
+                       results: list[dict[str, Any]]) -> None:
+    """A worker killed by a signal or OOM left its run RUNNING: mark it failed."""
+    for job, result in zip(jobs, results):
+        if result.get("status") != "failed" or result.get("run_id"):
+            continue
+        for r in tracker.find_runs({"kdbench.cell_id": job["cell_id"], "kdbench.kind": "cell"}):
+            if r["status"] == "running":
+                tracker.set_tags(r["run_id"], {"kdbench.error": result.get("error", "worker died")})
+                tracker.finish(r["run_id"], "failed")

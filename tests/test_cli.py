@@ -1,0 +1,63 @@
+"""The command line: one-line errors with exit code 2, plugins listing, dry runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+from click.testing import CliRunner
+
+from harness.cli import cli
+from test_config import SMALL
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_plugins_lists_every_kind_with_provider():
+    result = invoke("plugins", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    rows = {(r["kind"], r["name"]): r for r in data["plugins"]}
+    assert rows[("objective", "place")]["distribution"] == "kdbench"
+    assert rows[("objective", "place")]["version"] == "0.1.0"
+    for key in [("backbone", "unet"), ("dataset", "digits"), ("executor", "local")]:
+        assert key in rows
+    text = invoke("plugins")
+    assert text.exit_code == 0
+    assert "place" in text.output and "kdbench 0.1.0" in text.output
+
+
+def test_dry_run_prints_cells(tmp_path):
+    path = tmp_path / "g.toml"
+    path.write_text(textwrap.dedent(SMALL))
+    result = invoke("run", str(path), "--dry-run", "--set", "grid.seeds=[3]")
+    assert result.exit_code == 0, result.output
+    assert "6 cells" in result.output
+    assert "place+featkd | prune0 -> prune0.9 | s3" in result.output
+
+
+def test_bad_input_exits_2_with_one_line(tmp_path):
+    path = tmp_path / "g.toml"
+    path.write_text(textwrap.dedent(SMALL))
+    result = invoke("run", str(path), "--dry-run", "--set", "objectives=['plaec']")
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("kdbench: error: ")
+    assert "did you mean 'place'?" in lines[0]
+
+
+def test_real_process_prints_no_traceback_but_debug_does(tmp_path):
+    missing = tmp_path / "missing.toml"
+    cmd = [sys.executable, "-m", "harness.cli", "run", str(missing)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip() == f"kdbench: error: {missing}: grid file not found"
+    assert "Traceback" not in out.stderr
+    debug = subprocess.run([sys.executable, "-m", "harness.cli", "--debug", "run", str(missing)],
+                           capture_output=True, text=True, timeout=120)
+    assert "Traceback" in debug.stderr
