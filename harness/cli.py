@@ -42,6 +42,8 @@ class _Group(click.Group):
 def cli(ctx: click.Context, debug: bool) -> None:
     """kdbench: which KD objective trains your small diffusion student best?"""
     debug = debug or bool(os.environ.get("KDBENCH_DEBUG"))
+    # Offline first: no usage telemetry from MLflow unless the user asks for it.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     ctx.obj = {"debug": debug}
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="kdbench: %(levelname)s: %(message)s")
@@ -181,12 +183,9 @@ def leaderboard(experiments, grids, fmt, metric, plot_dir, compare, output,
     from harness.tracking import resolve_uri
 
     uri = resolve_uri(tracking_uri, ".")
-    if compare:
-        text = leaderboards.compare_report(uri, compare[0], compare[1], fmt=fmt, metric=metric)
-    else:
-        text = leaderboards.report(uri, experiments=list(experiments) or None,
-                                   grid_ids=list(grids) or None, fmt=fmt, plot_dir=plot_dir,
-                                   metric=metric)
+    text = leaderboards.report(uri, experiments=list(experiments) or None,
+                               grid_ids=list(grids) or None, fmt=fmt, plot_dir=plot_dir,
+                               metric=metric, compare_ids=tuple(compare) if compare else None)
     if output:
         output.write_text(text)
         click.echo(f"wrote {output}")

@@ -7,6 +7,7 @@ reported as ``{"status": "failed", "error": ...}``; the others go on.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -20,3 +21,13 @@ class Executor:
     def run(self, cells: list[dict[str, Any]], work: Callable[[dict[str, Any]], dict[str, Any]]
             ) -> list[dict[str, Any]]:
         raise NotImplementedError
+
+
+class GridInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the grid; ``results`` holds one dict per cell, in the order of cells."""
+
+    def __init__(self, results: list[dict[str, Any]]):
+        counts = Counter(r["status"] for r in results)
+        summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        super().__init__(f"grid interrupted ({summary})")
+        self.results = results

@@ -34,4 +34,5 @@ def get_dataset(name: str, **options: Any):
 
 def get_executor(name: str, **options: Any):
     cls = lookup("executor", name)
+    _check_options("executor", name, cls, options)
     return cls(**options)

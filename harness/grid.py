@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import GridConfig, expand, experiment_name, grid_id
+from harness.executor import GridInterrupted
 
 log = logging.getLogger("kdbench")
 
@@ -78,25 +79,41 @@ def run_grid(cfg: GridConfig, *, tracking_uri: str | None = None, rerun: bool = 
     }
     teacher_jobs, cell_jobs = _jobs(cfg, context, cells)
     executor = get_executor(cfg.executor.name, **cfg.executor.options)
-    if teacher_jobs:
-        run.teacher_results = executor.run(teacher_jobs, run_job)
-        broken = {r["teacher_id"] for r in run.teacher_results
-                  if r.get("status") not in ("finished",) and "teacher_id" in r}
-        if broken:
-            log.warning("%d teacher(s) failed; their cells will fail too", len(broken))
-    if cell_jobs:
-        run.results = executor.run(cell_jobs, run_job)
-    _mark_dead_workers(tracker, cell_jobs, run.results)
+    for stage, jobs in (("teacher", teacher_jobs), ("cell", cell_jobs)):
+        if not jobs:
+            continue
+        try:
+            results = executor.run(jobs, run_job)
+        except GridInterrupted as exc:
+            _close_orphaned_runs(tracker, stage, jobs, exc.results)
+            raise
+        _close_orphaned_runs(tracker, stage, jobs, results)
+        if stage == "teacher":
+            run.teacher_results = results
+            failed = [r for r in results if r.get("status") != "finished"]
+            if failed:
+                log.warning("%d teacher job(s) failed; their cells will fail too", len(failed))
+        else:
+            run.results = results
     return run
 
 
-def _mark_dead_workers(tracker: Any, jobs: list[dict[str, Any]],
-                       results: list[dict[str, Any]]) -> None:
-    """A worker killed by a signal or OOM left its run RUNNING: mark it failed."""
+def _close_orphaned_runs(tracker: Any, stage: str, jobs: list[dict[str, Any]],
+                         results: list[dict[str, Any]]) -> None:
+    """A worker killed by a signal, OOM or Ctrl-C can leave its run RUNNING: close it.
+
+    Dead workers' runs become ``failed``, interrupted ones ``killed``; their checkpoints
+    stay, so a re-run resumes them.
+    """
+    id_tag = "kdbench.cell_id" if stage == "cell" else "kdbench.teacher_id"
     for job, result in zip(jobs, results):
-        if result.get("status") != "failed" or result.get("run_id"):
+        status = result.get("status")
+        if status not in ("failed", "killed"):
             continue
-        for r in tracker.find_runs({"kdbench.cell_id": job["cell_id"], "kdbench.kind": "cell"}):
+        key = job["cell_id"] if stage == "cell" else job["teacher_id"]
+        for r in tracker.find_runs({id_tag: key, "kdbench.kind": stage}):
             if r["status"] == "running":
-                tracker.set_tags(r["run_id"], {"kdbench.error": result.get("error", "worker died")})
-                tracker.finish(r["run_id"], "failed")
+                if status == "failed":
+                    tracker.set_tags(r["run_id"],
+                                     {"kdbench.error": result.get("error", "worker died")})
+                tracker.finish(r["run_id"], status)

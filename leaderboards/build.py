@@ -1,0 +1,104 @@
+"""One call for the command line: load runs, build every table, render, write the plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from harness.errors import TrackingError
+from harness.tracking import mask_uri, resolve_uri
+from leaderboards.load import load_runs, run_metadata
+from leaderboards.plots import plot_capacity_gap, plot_curves, plot_samples
+from leaderboards.render import render
+from leaderboards.tables import capacity_gap_table, compare, overhead_table, teacher_table
+
+
+def _select(df: pd.DataFrame, name: str) -> pd.DataFrame:
+    """Runs of grid ``name``, else of experiment ``name``."""
+    by_grid = df[df["grid_id"] == name]
+    if len(by_grid):
+        return by_grid
+    by_experiment = df[df["experiment"] == name]
+    if len(by_experiment):
+        return by_experiment
+    grids = ", ".join(sorted({str(g) for g in df["grid_id"].dropna()})) or "none"
+    raise TrackingError(f"no runs for grid or experiment {name!r}; grid ids there: {grids}")
+
+
+def report(
+    uri: str | None,
+    experiments: list[str] | None = None,
+    grid_ids: list[str] | None = None,
+    fmt: str = "text",
+    plot_dir=None,
+    metric: str = "fid",
+    compare_ids: tuple[str, str] | None = None,
+    collapse_fid: float | None = None,
+) -> str:
+    """The whole leaderboard as one document; with ``plot_dir``, also the three figures.
+
+    ``compare_ids=(A, B)`` adds a table comparing grid (or experiment) A with B.  Plots
+    without data (e.g. no lift/place runs, no sample artifacts) are skipped, and the
+    metadata says so.
+    """
+    uri = resolve_uri(uri)
+    ids = list(grid_ids or [])
+    if compare_ids and ids:
+        ids += [c for c in compare_ids if c not in ids]
+    df = load_runs(uri, experiments, ids or None)
+    if df.empty:
+        scope = []
+        if experiments:
+            scope.append(f"experiments {', '.join(experiments)}")
+        if grid_ids:
+            scope.append(f"grids {', '.join(grid_ids)}")
+        raise TrackingError(
+            f"no kdbench runs in {mask_uri(uri)}" + (f" for {'; '.join(scope)}" if scope else "")
+        )
+    main = df
+    if compare_ids and grid_ids:
+        main = df[df["grid_id"].isin(grid_ids)]
+    tables = [
+        capacity_gap_table(main, metric, collapse_fid),
+        overhead_table(main),
+        teacher_table(main),
+    ]
+    if compare_ids:
+        a, b = compare_ids
+        tables.append(compare(_select(df, a), _select(df, b), metric))
+    metadata = run_metadata(main)
+    if plot_dir is not None:
+        folder = Path(plot_dir)
+        written = [
+            plot_capacity_gap(main, folder / f"capacity_gap_{metric}.png", metric, collapse_fid),
+            plot_curves(uri, main, folder / "curves.png"),
+            plot_samples(uri, main, folder / "samples.png"),
+        ]
+        reasons = (
+            "capacity gap (no cell runs with a teacher size)",
+            "curves (no lift/place term histories)",
+            "samples (no samples.png artifacts)",
+        )
+        skipped = [why for why, p in zip(reasons, written) if p is None]
+        metadata["plots"] = ", ".join(str(p) for p in written if p is not None) or "none"
+        if skipped:
+            metadata["plots skipped"] = "; ".join(skipped)
+    return render(tables, fmt, metadata)
+
+
+def compare_report(
+    uri: str | None,
+    a: str,
+    b: str,
+    fmt: str = "text",
+    metric: str = "fid",
+    experiments: list[str] | None = None,
+) -> str:
+    """Grid (or experiment) ``a`` vs ``b`` on ``metric``: one table with deltas, rendered."""
+    uri = resolve_uri(uri)
+    df = load_runs(uri, experiments)
+    df_a, df_b = _select(df, a), _select(df, b)
+    metadata = run_metadata(pd.concat([df_a, df_b]))
+    metadata["tracking store"] = mask_uri(uri)
+    return render([compare(df_a, df_b, metric)], fmt, metadata)

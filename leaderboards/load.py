@@ -1,0 +1,202 @@
+"""MLflow runs -> one typed pandas row per run, plus the metadata a leaderboard prints.
+
+Columns: run_id, run_name, experiment, experiment_id, mlflow_status, start_time, end_time;
+the ``kdbench.*`` tags without their prefix (kind, grid_id, grid_name, cell_id, status,
+git_commit, version, fid_features); every param (known numeric ones typed: nullable Int64
+for counts and sizes, float for ``lr``; the rest strings); every metric's last value as
+float.  ``status`` falls back to MLflow's own status (lower case) when the tag is missing.
+A param whose name collides with a metric or tag column is stored as ``param:<name>``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+
+import pandas as pd
+
+from harness.errors import TrackingError
+from harness.tracking import mask_uri, open_client, resolve_uri
+
+TAGS = (
+    "kind",
+    "grid_id",
+    "grid_name",
+    "cell_id",
+    "status",
+    "git_commit",
+    "version",
+    "fid_features",
+)
+STR_PARAMS = ("objective", "objective_spec", "teacher", "student", "backbone", "process", "dataset")
+INT_PARAMS = ("teacher_params", "student_params", "image_size", "seed", "steps", "batch_size")
+FLOAT_PARAMS = ("lr",)
+METRICS = (
+    "fid",
+    "kid_mean",
+    "kid_std",
+    "isc_mean",
+    "precision",
+    "recall",
+    "class_acc",
+    "iter_per_s",
+    "peak_mem_mb",
+    "teacher_share",
+    "time_train_s",
+    "time_sample_s",
+    "time_metrics_s",
+    "time_teacher_s",
+    "time_assistant_s",
+    "diverged_step",
+)
+BASE = (
+    "run_id",
+    "run_name",
+    "experiment",
+    "experiment_id",
+    "mlflow_status",
+    "start_time",
+    "end_time",
+)
+
+
+def _quote(value: str) -> str:
+    return f"'{value}'" if "'" not in value else f'"{value}"'
+
+
+def _experiments(client, names: Iterable[str] | None, uri: str) -> list:
+    from mlflow.entities import ViewType
+
+    every = []
+    token = None
+    while True:
+        page = client.search_experiments(
+            view_type=ViewType.ACTIVE_ONLY, max_results=1000, page_token=token
+        )
+        every.extend(page)
+        token = page.token
+        if not token:
+            break
+    if names is None:
+        return every
+    by_name = {e.name: e for e in every}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        known = ", ".join(sorted(by_name)) or "none"
+        raise TrackingError(
+            f"no experiment named {', '.join(map(repr, missing))} in "
+            f"{mask_uri(uri)}; experiments there: {known}"
+        )
+    return [by_name[n] for n in names]
+
+
+def _search(client, experiment_ids: list[str], filter_string: str) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs(
+            experiment_ids, filter_string=filter_string, max_results=1000, page_token=token
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _row(run, experiment_names: dict[str, str]) -> dict:
+    tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+    row = {
+        "run_id": run.info.run_id,
+        "run_name": run.info.run_name,
+        "experiment": experiment_names.get(run.info.experiment_id),
+        "experiment_id": run.info.experiment_id,
+        "mlflow_status": run.info.status,
+        "start_time": run.info.start_time,
+        "end_time": run.info.end_time,
+    }
+    for name in TAGS:
+        row[name] = tags.get(f"kdbench.{name}")
+    if row["status"] is None:
+        row["status"] = str(run.info.status).lower()
+    row.update({k: float(v) for k, v in metrics.items()})
+    for key, value in params.items():
+        row[f"param:{key}" if key in row else key] = value
+    return row
+
+
+def _typed(rows: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame(rows)
+    for col in BASE + TAGS + STR_PARAMS + INT_PARAMS + FLOAT_PARAMS + METRICS:
+        if col not in df.columns:
+            df[col] = pd.Series([None] * len(df), dtype=object)
+    for col in INT_PARAMS:
+        df[col] = pd.to_numeric(df[col], errors="coerce").round().astype("Int64")
+    for col in FLOAT_PARAMS + METRICS:
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+    for col in ("start_time", "end_time"):
+        df[col] = pd.to_datetime(pd.to_numeric(df[col], errors="coerce"), unit="ms", utc=True)
+    for col in (
+        TAGS + STR_PARAMS + ("run_id", "run_name", "experiment", "experiment_id", "mlflow_status")
+    ):
+        df[col] = df[col].astype(object).where(df[col].notna(), None)
+    front = [c for c in BASE + TAGS + STR_PARAMS + INT_PARAMS + FLOAT_PARAMS + METRICS]
+    rest = sorted(c for c in df.columns if c not in front)
+    return df[front + rest].reset_index(drop=True)
+
+
+def load_runs(
+    uri: str | None, experiment_names: list[str] | None = None, grid_ids: list[str] | None = None
+) -> pd.DataFrame:
+    """All runs of the given experiments (default: every active one), one row per run.
+
+    ``grid_ids`` keeps runs tagged with one of those ``kdbench.grid_id`` values.
+    """
+    uri = resolve_uri(uri)
+    client = open_client(uri)
+    experiments = _experiments(client, experiment_names, uri)
+    names = {e.experiment_id: e.name for e in experiments}
+    rows: list[dict] = []
+    if names:
+        filters = [f"tags.`kdbench.grid_id` = {_quote(g)}" for g in grid_ids] if grid_ids else [""]
+        seen = set()
+        for filter_string in filters:
+            for run in _search(client, list(names), filter_string):
+                if run.info.run_id not in seen:
+                    seen.add(run.info.run_id)
+                    rows.append(_row(run, names))
+    df = _typed(rows)
+    df.attrs["tracking_uri"] = mask_uri(uri)
+    return df
+
+
+def _unique(series: pd.Series) -> str:
+    values = sorted({str(v) for v in series.dropna() if str(v)})
+    return ", ".join(values) if values else "n/a"
+
+
+def run_metadata(df: pd.DataFrame) -> dict[str, str]:
+    """What a reader needs to trust a table: grids, commit, versions, data, FID, dates."""
+    import mlflow
+
+    cells = df[df["kind"] == "cell"]
+    teachers = df[df["kind"] == "teacher"]
+    counts = cells["status"].value_counts()
+    status = ", ".join(f"{n} {s}" for s, n in counts.items())
+    grids = sorted(
+        {(str(g), str(n)) for g, n in zip(df["grid_id"], df["grid_name"]) if g is not None}
+    )
+    dates = df["start_time"].dropna()
+    meta = {
+        "tracking store": df.attrs.get("tracking_uri", "n/a"),
+        "experiments": _unique(df["experiment"]),
+        "grid": ", ".join(f"{g} ({n})" if n != "None" else g for g, n in grids) or "n/a",
+        "git commit": _unique(df["git_commit"]),
+        "versions": f"kdbench {_unique(df['version'])}; read with mlflow {mlflow.__version__}, "
+        f"pandas {pd.__version__}",
+        "dataset": _unique(df["dataset"])
+        + (f" at {_unique(df['image_size'])} px" if df["image_size"].notna().any() else ""),
+        "FID computed with": _unique(df["fid_features"]),
+        "runs": f"{len(cells)} cells ({status or 'none'}), {len(teachers)} teacher evaluations",
+        "run dates": (f"{dates.min():%Y-%m-%d} .. {dates.max():%Y-%m-%d}" if len(dates) else "n/a"),
+        "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    return meta

@@ -1,0 +1,332 @@
+"""Figures for a grid (matplotlib, Agg backend), sized for a paper column.
+
+- ``plot_capacity_gap``: metric vs teacher parameters (log x), one line per objective with
+  std error bars over seeds: Figure 1 of LIFT and PLACE (Han et al., CVPR 2026).  A teacher
+  where every run of an objective diverged gets an ``x`` on the top edge.
+- ``plot_curves``: the w, coarse and fine histories of lift/place runs (mean over seeds per
+  objective and teacher); w rising from 0 to 1 is the paper's coarse-to-fine curriculum.
+- ``plot_samples``: the ``samples.png`` artifacts, objectives as rows, teachers as columns.
+
+Each writes a PNG and returns its path, or returns None and writes nothing when the runs
+hold no such data (no cell runs with a teacher size, no lift/place histories, no samples).
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: E402
+
+from harness.tracking import env_override  # noqa: E402
+from leaderboards.tables import (  # noqa: E402
+    cell_stats,
+    format_params,
+    higher_is_better,
+    objective_order,
+    teacher_order,
+)
+
+STYLE = {
+    "font.size": 8,
+    "axes.titlesize": 8,
+    "axes.labelsize": 8,
+    "legend.fontsize": 7,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.color": "0.9",
+    "grid.linewidth": 0.6,
+    "lines.linewidth": 1.4,
+    "lines.markersize": 4.5,
+    "savefig.dpi": 220,
+    "savefig.bbox": "tight",
+    "savefig.pad_inches": 0.03,
+    "legend.frameon": False,
+}
+MARKERS = "osD^vP*Xh<>"
+METRIC_LABELS = {
+    "fid": "FID",
+    "kid_mean": "KID",
+    "isc_mean": "Inception score",
+    "precision": "Precision",
+    "recall": "Recall",
+    "class_acc": "Class accuracy",
+    "iter_per_s": "iter/s",
+    "peak_mem_mb": "Peak memory (MB)",
+}
+
+
+def _client(client_or_uri):
+    from harness.tracking import open_client, resolve_uri
+
+    if isinstance(client_or_uri, str) or client_or_uri is None:
+        return open_client(resolve_uri(client_or_uri))
+    return client_or_uri
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _colors(labels: list[str]) -> dict[str, tuple]:
+    cmap = plt.get_cmap("tab10")
+    return {label: cmap(i % 10) for i, label in enumerate(labels)}
+
+
+def plot_capacity_gap(
+    df: pd.DataFrame, path, metric: str = "fid", collapse_fid: float | None = None
+) -> Path | None:
+    """Metric vs teacher size, one line per objective, error bars = std over seeds."""
+    stats = cell_stats(df, metric, collapse_fid).reset_index()
+    stats = stats[np.isfinite(stats["teacher_params"].to_numpy(dtype=float))]
+    objectives = objective_order(stats["objective"])
+    colors = _colors(objectives)
+    arrow = "↑" if higher_is_better(metric) else "↓"
+    if stats.empty:
+        return None
+    any_lost = False
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(4.2, 2.9))
+        for i, objective in enumerate(objectives):
+            rows = stats[stats["objective"] == objective].sort_values("teacher_params")
+            # Dodge objectives sideways (a few % in log space) so error bars do not overlap.
+            dodge = 10 ** (0.012 * (i - (len(objectives) - 1) / 2))
+            x = rows["teacher_params"].to_numpy(dtype=float) * dodge
+            ok = (rows["n"] > 0).to_numpy()
+            style = dict(color=colors[objective], marker=MARKERS[i % len(MARKERS)])
+            if objective == "none":
+                style.update(color="0.35", linestyle="--")
+            ax.errorbar(
+                x[ok],
+                rows["mean"].to_numpy()[ok],
+                yerr=rows["std"].fillna(0.0)[ok],
+                capsize=2.5,
+                elinewidth=0.9,
+                capthick=0.9,
+                label=objective,
+                **style,
+            )
+            lost = ((rows["n"] == 0) & (rows["diverged"] > 0)).to_numpy()
+            if lost.any():
+                any_lost = True
+                ax.plot(
+                    x[lost],
+                    [1.0] * int(lost.sum()),
+                    "x",
+                    color=style["color"],
+                    markersize=6,
+                    mew=1.5,
+                    clip_on=False,
+                    transform=ax.get_xaxis_transform(),
+                )
+        teachers = teacher_order(df[df["kind"] == "cell"]).dropna(subset=["teacher_params"])
+        ax.set_xscale("log")
+        ticks = teachers["teacher_params"].to_numpy(dtype=float)
+        if len(ticks):
+            ax.xaxis.set_major_locator(FixedLocator(ticks))
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: format_params(x)))
+            span = np.log10(ticks.max() / ticks.min()) if ticks.min() > 0 else 0
+            pad = 10 ** max(0.08 * span, 0.08)
+            ax.set_xlim(ticks.min() / pad, ticks.max() * pad)
+        students = (
+            pd.to_numeric(df.loc[df["kind"] == "cell", "student_params"], errors="coerce")
+            .dropna()
+            .unique()
+        )
+        if len(students) == 1:
+            ax.set_title(
+                f"student: {format_params(students[0])} parameters", loc="left", color="0.35"
+            )
+        ax.set_xlabel("Teacher parameters (log scale)")
+        ax.set_ylabel(f"{METRIC_LABELS.get(metric, metric)} {arrow}")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, handlelength=2.2)
+        if any_lost:
+            ax.annotate(
+                "× every seed diverged",
+                xy=(1.01, 0.0),
+                xycoords="axes fraction",
+                fontsize=6.5,
+                color="0.35",
+                va="bottom",
+            )
+        return _save(fig, path)
+
+
+def _term_keys(columns) -> dict[tuple[str, str], str]:
+    """Metric columns ``train/<lift|place>/<w|coarse|fine>`` -> {(component, term): key}."""
+    keys = {}
+    for col in columns:
+        m = re.fullmatch(r"train/(lift|place)/(w|coarse|fine)", str(col))
+        if m:
+            keys[(m.group(1), m.group(2))] = col
+    return keys
+
+
+def _history(client, run_id: str, key: str) -> pd.Series:
+    points = client.get_metric_history(run_id, key)
+    s = pd.Series({p.step: p.value for p in points}, dtype=float)
+    return s.sort_index()
+
+
+def plot_curves(client_or_uri, df: pd.DataFrame, path) -> Path | None:
+    """w, coarse and fine vs step for lift/place runs (mean over seeds)."""
+    keys = _term_keys(df.columns)
+    cells = df[df["kind"] == "cell"]
+    if not keys or cells.empty:
+        return None
+    client = _client(client_or_uri)
+    teachers = teacher_order(cells)
+    shade = {
+        t: plt.get_cmap("viridis")(x)
+        for t, x in zip(teachers["teacher"], np.linspace(0.1, 0.85, max(len(teachers), 1)))
+    }
+    tlabel = dict(zip(teachers["teacher"], teachers["label"]))
+    curves: dict[tuple, dict[str, list[pd.Series]]] = {}
+    for _, run in cells.iterrows():
+        for (component, term), key in keys.items():
+            if pd.isna(run.get(key)):
+                continue
+            group = (str(run["objective"]), component, run["teacher"])
+            curves.setdefault(group, {}).setdefault(term, []).append(
+                _history(client, run["run_id"], key)
+            )
+    if not curves:
+        return None
+    styles = ["-", "--", ":", "-."]
+    names = sorted({(o, c) for o, c, _ in curves})
+    line = {name: styles[i % len(styles)] for i, name in enumerate(names)}
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, 3, figsize=(7.0, 2.3), sharex=True)
+        rank = {t: i for i, t in enumerate(teachers["teacher"])}
+        for (objective, component, teacher), terms in sorted(
+            curves.items(), key=lambda kv: (kv[0][0], kv[0][1], rank.get(kv[0][2], -1))
+        ):
+            parts = objective.split("+")
+            name = (
+                objective if not {"lift", "place"} <= set(parts) else (f"{objective} [{component}]")
+            )
+            for ax, term in zip(axes, ("w", "coarse", "fine")):
+                if term not in terms:
+                    continue
+                mean = pd.concat(terms[term], axis=1).mean(axis=1)
+                ax.plot(
+                    mean.index,
+                    mean.to_numpy(),
+                    line[(objective, component)],
+                    color=shade.get(teacher, "0.3"),
+                    linewidth=1.1,
+                    label=f"{name}, {tlabel.get(teacher, teacher)}",
+                )
+        titles = {"w": "adaptive weight w", "coarse": "coarse loss", "fine": "fine loss"}
+        for ax, term in zip(axes, ("w", "coarse", "fine")):
+            ax.set_title(titles[term])
+            ax.set_xlabel("step")
+            drawn = ax.get_lines()
+            if term != "w" and drawn and all((ln.get_ydata() > 0).all() for ln in drawn):
+                ax.set_yscale("log")
+        axes[0].set_ylim(-0.02, 1.02)
+        handles, labels = axes[0].get_legend_handles_labels()
+        for ax in axes[1:]:
+            h, lab = ax.get_legend_handles_labels()
+            for hh, ll in zip(h, lab):
+                if ll not in labels:
+                    handles.append(hh)
+                    labels.append(ll)
+        fig.legend(
+            handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(3, len(labels))
+        )
+        fig.tight_layout()
+        return _save(fig, path)
+
+
+def plot_samples(
+    client_or_uri, df: pd.DataFrame, path, teacher: str | None = None, seed: int | None = None
+) -> Path | None:
+    """Sample grids side by side: objectives as rows, teachers (by size) as columns.
+
+    Per cell, the run with the lowest seed (or ``seed``) that finished is shown; a cell whose
+    runs all diverged shows "diverged".
+    """
+    from PIL import Image
+
+    cells = df[df["kind"] == "cell"]
+    if teacher is not None:
+        cells = cells[cells["teacher"] == teacher]
+    if seed is not None:
+        cells = cells[cells["seed"] == seed]
+    if cells.empty:
+        return None
+    client = _client(client_or_uri)
+    teachers = teacher_order(cells)
+    objectives = objective_order(cells["objective"])
+    images: dict[tuple[str, str], object] = {}
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        env_override(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"),
+    ):
+        for objective in objectives:
+            for t in teachers["teacher"]:
+                runs = cells[(cells["objective"] == objective) & (cells["teacher"] == t)]
+                done = runs[runs["status"] == "finished"].sort_values("seed")
+                for _, run in done.iterrows():
+                    names = {a.path for a in client.list_artifacts(run["run_id"])}
+                    if "samples.png" in names:
+                        local = client.download_artifacts(
+                            run["run_id"], "samples.png", f"{tmp}/{run['run_id']}"
+                        )
+                        with Image.open(local) as im:
+                            images[(objective, t)] = np.asarray(im.convert("RGB"))
+                        break
+                else:
+                    if (runs["status"] == "diverged").any():
+                        images[(objective, t)] = "diverged"
+    if not any(not isinstance(v, str) for v in images.values()):
+        return None
+    rows, cols = len(objectives), len(teachers)
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(
+            rows, cols, figsize=(1.45 * cols + 0.6, 1.45 * rows + 0.2), squeeze=False
+        )
+        for i, objective in enumerate(objectives):
+            for j, (t, label) in enumerate(zip(teachers["teacher"], teachers["label"])):
+                ax = axes[i][j]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                for spine in ax.spines.values():
+                    spine.set_visible(False)
+                item = images.get((objective, t))
+                if isinstance(item, np.ndarray):
+                    ax.imshow(item, interpolation="nearest")
+                elif item == "diverged":
+                    ax.text(
+                        0.5,
+                        0.5,
+                        "diverged",
+                        ha="center",
+                        va="center",
+                        color="firebrick",
+                        transform=ax.transAxes,
+                    )
+                ax.grid(False)
+                if i == 0:
+                    ax.set_title(label)
+                if j == 0:
+                    ax.set_ylabel(objective, rotation=0, ha="right", va="center")
+        fig.subplots_adjust(wspace=0.05, hspace=0.08)
+        return _save(fig, path)

@@ -1,0 +1,137 @@
+"""Render leaderboard tables as terminal text, Markdown, CSV or a standalone HTML page.
+
+Best cells are bold in Markdown/HTML and end with ``*`` in text.  CSV carries the numeric
+frames (not the strings), one block per table, each preceded by ``# table: <title>``; the
+metadata goes first as ``# key: value`` lines.  ``read_csv_tables`` parses it back.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+
+import pandas as pd
+from tabulate import tabulate
+
+from harness.errors import KDBenchError
+from leaderboards.tables import Table
+
+FORMATS = ("text", "md", "csv", "html")
+
+
+def _marked(table: Table, mark) -> pd.DataFrame:
+    shown = table.display.copy().astype(object)
+    for row, col in table.best:
+        if row in shown.index and col in shown.columns:
+            shown.loc[row, col] = mark(str(shown.loc[row, col]))
+    return shown.fillna("")
+
+
+def _grid(shown: pd.DataFrame, fmt: str) -> str:
+    index_name = shown.index.name or ""
+    align = ("left",) + ("right",) * len(shown.columns)
+    return tabulate(
+        shown,
+        headers=[index_name, *map(str, shown.columns)],
+        tablefmt=fmt,
+        colalign=align,
+        disable_numparse=True,
+        showindex=True,
+    )
+
+
+def _text(tables: list[Table], metadata: dict) -> str:
+    width = max((len(k) for k in metadata), default=0)
+    out = [f"{k.rjust(width)}: {v}" for k, v in metadata.items()]
+    for table in tables:
+        out += ["", table.title, "=" * len(table.title)]
+        if table.display.empty:
+            out.append("(no runs)")
+        else:
+            out.append(_grid(_marked(table, lambda s: f"{s}*"), "simple"))
+        out += [f"  {note}" for note in table.notes]
+    return "\n".join(out) + "\n"
+
+
+def _md(tables: list[Table], metadata: dict) -> str:
+    out = ["# kdbench leaderboard", ""]
+    out += [f"- **{k}**: {v}" for k, v in metadata.items()]
+    for table in tables:
+        out += ["", f"## {table.title}", ""]
+        if table.display.empty:
+            out.append("_no runs_")
+        else:
+            out.append(_grid(_marked(table, lambda s: f"**{s}**" if s else s), "pipe"))
+        if table.notes:
+            out += [""] + [f"> {note}  " for note in table.notes]
+    return "\n".join(out) + "\n"
+
+
+def _csv(tables: list[Table], metadata: dict) -> str:
+    out = [f"# {k}: {v}" for k, v in metadata.items()]
+    for table in tables:
+        out += ["", f"# table: {table.title}"]
+        data = table.data.reset_index() if _named_index(table.data) else table.data
+        out.append(data.to_csv(index=False).rstrip("\n"))
+    return "\n".join(out) + "\n"
+
+
+def _named_index(df: pd.DataFrame) -> bool:
+    return any(name is not None for name in df.index.names)
+
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1em}
+th,td{padding:.25em .7em;border-bottom:1px solid #ddd;text-align:right}
+th:first-child,td:first-child{text-align:left}
+table.meta td,table.meta th{text-align:left;border:none;padding:.1em .7em}
+p.note{color:#555;font-size:.9em;margin:.2em 0}"""
+
+
+def _html(tables: list[Table], metadata: dict) -> str:
+    esc = html.escape
+    out = [
+        "<!DOCTYPE html>",
+        '<html><head><meta charset="utf-8">',
+        "<title>kdbench leaderboard</title>",
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>kdbench leaderboard</h1>",
+        '<table class="meta">',
+    ]
+    out += [f"<tr><th>{esc(str(k))}</th><td>{esc(str(v))}</td></tr>" for k, v in metadata.items()]
+    out.append("</table>")
+    for table in tables:
+        out.append(f"<h2>{esc(table.title)}</h2>")
+        if table.display.empty:
+            out.append("<p>No runs.</p>")
+        else:
+            shown = table.display.astype(object).fillna("").map(lambda v: esc(str(v)))
+            shown.index = [esc(str(i)) for i in shown.index]
+            shown.columns = [esc(str(c)) for c in shown.columns]
+            for row, col in table.best:
+                r, c = esc(str(row)), esc(str(col))
+                if r in shown.index and c in shown.columns:
+                    shown.loc[r, c] = f"<b>{shown.loc[r, c]}</b>"
+            shown.index.name = esc(str(table.display.index.name or ""))
+            out.append(shown.to_html(escape=False, border=0, classes="board"))
+        out += [f'<p class="note">{esc(note)}</p>' for note in table.notes]
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+def render(tables: list[Table], fmt: str = "text", metadata: dict | None = None) -> str:
+    """All ``tables`` in one document of format text|md|csv|html, metadata block first."""
+    writers = {"text": _text, "md": _md, "csv": _csv, "html": _html}
+    if fmt not in writers:
+        raise KDBenchError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
+    return writers[fmt](list(tables), dict(metadata or {}))
+
+
+def read_csv_tables(text: str) -> dict[str, pd.DataFrame]:
+    """Parse ``render(..., "csv")`` back into ``{title: DataFrame}``."""
+    tables: dict[str, pd.DataFrame] = {}
+    blocks = text.split("\n# table: ")[1:]
+    for block in blocks:
+        title, _, body = block.partition("\n")
+        tables[title] = pd.read_csv(io.StringIO(body)) if body.strip() else pd.DataFrame()
+    return tables

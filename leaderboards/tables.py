@@ -1,0 +1,464 @@
+"""Leaderboard tables from the runs frame of ``load_runs``.
+
+- ``capacity_gap_table``: objectives x teachers, "mean ± std (n)" over seeds (the layout of
+  Table 6 in LIFT and PLACE, Han et al., CVPR 2026).  Only finished runs enter the means; the
+  std is the sample std (ddof=1, blank for one seed).  Diverged runs are counted in the
+  collapse column, with finished runs whose FID exceeds ``collapse_fid`` (those stay in the
+  means: they are measured results).
+- ``overhead_table``: iter/s and peak memory per objective, relative to outkd (Table 9).
+- ``teacher_table``: each teacher's size and quality.
+- ``compare``: one metric of two grids side by side with deltas.
+
+Every function returns a ``Table``: a numeric frame for code and tests, a display frame of
+strings, notes, and the display cells to highlight as best.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from harness.errors import KDBenchError
+
+LOWER_IS_BETTER = {
+    "fid",
+    "kid_mean",
+    "kid_std",
+    "peak_mem_mb",
+    "time_train_s",
+    "time_sample_s",
+    "time_metrics_s",
+    "time_teacher_s",
+    "time_assistant_s",
+    "teacher_share",
+}
+HIGHER_IS_BETTER = {"isc_mean", "precision", "recall", "class_acc", "iter_per_s"}
+OBJECTIVE_ORDER = ("none", "outkd", "featkd", "dist", "takd", "lift", "place")
+DECIMALS = {
+    "fid": 2,
+    "isc_mean": 2,
+    "kid_mean": 4,
+    "kid_std": 4,
+    "precision": 3,
+    "recall": 3,
+    "class_acc": 3,
+    "iter_per_s": 2,
+    "peak_mem_mb": 0,
+    "teacher_share": 3,
+}
+
+
+@dataclass
+class Table:
+    """A leaderboard table: ``data`` is numeric, ``display`` holds the strings to print."""
+
+    title: str
+    data: pd.DataFrame
+    display: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+    best: set[tuple[str, str]] = field(default_factory=set)  # (display row, display column)
+
+
+def higher_is_better(metric: str) -> bool:
+    return metric in HIGHER_IS_BETTER
+
+
+def format_params(n: float | None) -> str:
+    """A parameter count as people write it: 950, 58.2k, 0.4M, 10.7M, 1.2B."""
+    if n is None or (isinstance(n, float) and math.isnan(n)) or pd.isna(n):
+        return "?"
+    n = float(n)
+    if n >= 1e9:
+        return f"{n / 1e9:.3g}B"
+    if n >= 1e5:
+        return f"{n / 1e6:.3g}M"
+    if n >= 1e3:
+        return f"{n / 1e3:.3g}k"
+    return f"{n:.0f}"
+
+
+def format_value(x: float, metric: str) -> str:
+    if x is None or not np.isfinite(x):
+        return "–"
+    digits = DECIMALS.get(metric)
+    if digits is None:
+        return f"{x:.4g}"
+    return f"{x:.{digits}f}"
+
+
+def format_cell(mean: float, std: float, n: int, metric: str) -> str:
+    """``mean ± std (n)``; ``mean (1)`` for one seed; ``– (0)`` when nothing finished."""
+    if n == 0:
+        return "– (0)"
+    if n == 1 or not np.isfinite(std):
+        return f"{format_value(mean, metric)} ({n})"
+    return f"{format_value(mean, metric)} ± {format_value(std, metric)} ({n})"
+
+
+def objective_order(labels) -> list[str]:
+    """``none`` first, then the built-ins in the paper's order, then combinations."""
+
+    def key(label: str):
+        parts = str(label).split("+")
+        first = (
+            OBJECTIVE_ORDER.index(parts[0]) if parts[0] in OBJECTIVE_ORDER else len(OBJECTIVE_ORDER)
+        )
+        return (label != "none", len(parts), first, str(label))
+
+    return sorted({str(x) for x in labels if x is not None and not pd.isna(x)}, key=key)
+
+
+def _check_metric(df: pd.DataFrame, metric: str) -> None:
+    if metric not in df.columns or not pd.api.types.is_numeric_dtype(df[metric]):
+        numeric = sorted(
+            c
+            for c in df.columns
+            if pd.api.types.is_float_dtype(df[c]) and c not in ("lr",) and "/" not in c
+        )
+        raise KDBenchError(f"unknown metric {metric!r}; valid: {', '.join(numeric)}")
+
+
+def _cells(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["kind"] == "cell"]
+
+
+def _stats(values: pd.Series) -> tuple[float, float, int]:
+    v = values.to_numpy(dtype=float)
+    v = v[np.isfinite(v)]
+    n = int(v.size)
+    mean = float(v.mean()) if n else math.nan
+    std = float(v.std(ddof=1)) if n >= 2 else math.nan
+    return mean, std, n
+
+
+def teacher_order(df: pd.DataFrame) -> pd.DataFrame:
+    """Teachers (label, params, display label) sorted by parameter count ascending."""
+    rows = []
+    for teacher, group in df.groupby("teacher", dropna=True):
+        params = pd.to_numeric(group["teacher_params"], errors="coerce").dropna()
+        count = float(params.median()) if len(params) else math.nan
+        rows.append(
+            {
+                "teacher": teacher,
+                "teacher_params": count,
+                "label": f"{teacher} ({format_params(count)})",
+                "consistent": params.nunique() <= 1,
+            }
+        )
+    out = pd.DataFrame(rows, columns=["teacher", "teacher_params", "label", "consistent"])
+    return out.sort_values(["teacher_params", "teacher"], na_position="last").reset_index(drop=True)
+
+
+def cell_stats(
+    df: pd.DataFrame, metric: str = "fid", collapse_fid: float | None = None
+) -> pd.DataFrame:
+    """Per (objective, teacher): mean, std, n over finished seeds; diverged and collapsed.
+
+    ``collapsed`` = diverged runs + finished runs with ``fid > collapse_fid`` (when given).
+    """
+    _check_metric(df, metric)
+    cells = _cells(df)
+    rows = []
+    for (objective, teacher), group in cells.groupby(["objective", "teacher"], dropna=True):
+        finished = group[group["status"] == "finished"]
+        mean, std, n = _stats(finished[metric])
+        diverged = int((group["status"] == "diverged").sum())
+        high = 0
+        if collapse_fid is not None:
+            high = int((finished["fid"].to_numpy(dtype=float) > collapse_fid).sum())
+        params = pd.to_numeric(group["teacher_params"], errors="coerce").median()
+        rows.append(
+            {
+                "objective": objective,
+                "teacher": teacher,
+                "teacher_params": params,
+                "mean": mean,
+                "std": std,
+                "n": n,
+                "diverged": diverged,
+                "collapsed": diverged + high,
+                "judged": n + diverged,
+                "missing_metric": int(len(finished) - n),
+            }
+        )
+    cols = [
+        "objective",
+        "teacher",
+        "teacher_params",
+        "mean",
+        "std",
+        "n",
+        "diverged",
+        "collapsed",
+        "judged",
+        "missing_metric",
+    ]
+    return pd.DataFrame(rows, columns=cols).set_index(["objective", "teacher"])
+
+
+def _best_rows(values: pd.Series, metric: str) -> list:
+    finite = values[np.isfinite(values.to_numpy(dtype=float))]
+    if finite.empty:
+        return []
+    target = finite.max() if higher_is_better(metric) else finite.min()
+    return list(finite.index[np.isclose(finite.to_numpy(dtype=float), target, rtol=0, atol=1e-12)])
+
+
+def _direction(metric: str) -> str:
+    if metric in HIGHER_IS_BETTER:
+        return "highest"
+    if metric in LOWER_IS_BETTER:
+        return "lowest"
+    return "lowest (direction unknown for this metric)"
+
+
+def capacity_gap_table(
+    df: pd.DataFrame, metric: str = "fid", collapse_fid: float | None = None
+) -> Table:
+    """Objectives (rows, ``none`` first) x teachers (columns, by parameter count)."""
+    stats = cell_stats(df, metric, collapse_fid)
+    teachers = teacher_order(_cells(df))
+    objectives = objective_order(stats.index.get_level_values("objective"))
+    labels = dict(zip(teachers["teacher"], teachers["label"]))
+    data = stats.copy()
+    data["best"] = False
+    display = pd.DataFrame(
+        index=pd.Index(objectives, name="objective"),
+        columns=list(teachers["label"]) + ["collapse"],
+        dtype=object,
+    )
+    best: set[tuple[str, str]] = set()
+    for teacher in teachers["teacher"]:
+        column = labels[teacher]
+        for objective in objectives:
+            key = (objective, teacher)
+            if key in stats.index:
+                s = stats.loc[key]
+                display.loc[objective, column] = format_cell(
+                    s["mean"], s["std"], int(s["n"]), metric
+                )
+            else:
+                display.loc[objective, column] = ""
+        in_column = stats.xs(teacher, level="teacher")["mean"]
+        for objective in _best_rows(in_column, metric):
+            data.loc[(objective, teacher), "best"] = True
+            best.add((objective, column))
+    for objective in objectives:
+        rows = stats.xs(objective, level="objective")
+        display.loc[objective, "collapse"] = (
+            f"{int(rows['collapsed'].sum())}/{int(rows['judged'].sum())}"
+        )
+    notes = [
+        f"{metric}: mean ± std (n) over seeds of finished runs (sample std, ddof=1); "
+        f"best per teacher ({_direction(metric)}) marked.",
+        "Diverged runs are left out of the means and counted in 'collapse' "
+        "(collapsed/judged runs).",
+    ]
+    if collapse_fid is not None:
+        notes.append(
+            f"Finished runs with FID > {collapse_fid:g} also count as collapsed "
+            "(they stay in the means)."
+        )
+    cells = _cells(df)
+    grids = sorted({str(g) for g in cells["grid_id"].dropna()})
+    if len(grids) > 1:
+        notes.append(f"Pools {len(grids)} grids ({', '.join(grids)}); filter with --grid.")
+    other = cells[~cells["status"].isin(["finished", "diverged"])]
+    if len(other):
+        counts = ", ".join(f"{n} {s}" for s, n in other["status"].value_counts().items())
+        notes.append(f"Left out (not a result): {counts}.")
+    missing = int(stats["missing_metric"].sum())
+    if missing:
+        notes.append(f"{missing} finished runs have no finite {metric}; they are left out.")
+    odd = teachers[~teachers["consistent"]]
+    if len(odd):
+        notes.append(
+            "Teachers with differing parameter counts across runs (median shown): "
+            + ", ".join(odd["teacher"])
+            + "."
+        )
+    return Table(
+        title=f"Capacity gap: {metric} by objective and teacher size",
+        data=data,
+        display=display,
+        notes=notes,
+        best=best,
+    )
+
+
+def _signed_pct(x: float) -> str:
+    return "–" if not np.isfinite(x) else f"{x:+.1f}%"
+
+
+def overhead_table(df: pd.DataFrame, teacher: str | None = None) -> Table:
+    """Training cost per objective over finished cells: iter/s, peak memory, vs outkd in %.
+
+    The relative columns are ``100 * (x / x_outkd - 1)``.  With ``teacher=None`` every
+    teacher and seed is pooled, which is fair when every objective ran on the same cells.
+    """
+    cells = _cells(df)
+    cells = cells[cells["status"] == "finished"]
+    if teacher is not None:
+        cells = cells[cells["teacher"] == teacher]
+    rows = []
+    for objective in objective_order(cells["objective"]):
+        group = cells[cells["objective"] == objective]
+        rows.append(
+            {
+                "objective": objective,
+                "iter_per_s": _stats(group["iter_per_s"])[0],
+                "peak_mem_mb": _stats(group["peak_mem_mb"])[0],
+                "teacher_share": _stats(group["teacher_share"])[0],
+                "n": len(group),
+            }
+        )
+    data = pd.DataFrame(
+        rows, columns=["objective", "iter_per_s", "peak_mem_mb", "teacher_share", "n"]
+    ).set_index("objective")
+    notes = [
+        "Means over finished cells; relative columns are 100·(x / x_outkd − 1); "
+        "fastest / leanest distilling objective marked."
+    ]
+    if "outkd" in data.index:
+        ref = data.loc["outkd"]
+        data["iter_per_s_vs_outkd_pct"] = 100 * (data["iter_per_s"] / ref["iter_per_s"] - 1)
+        data["peak_mem_vs_outkd_pct"] = 100 * (data["peak_mem_mb"] / ref["peak_mem_mb"] - 1)
+    else:
+        data["iter_per_s_vs_outkd_pct"] = math.nan
+        data["peak_mem_vs_outkd_pct"] = math.nan
+        notes.append("No finished outkd runs: relative columns are empty.")
+    notes.append(
+        f"Teacher: {teacher}."
+        if teacher
+        else "All teachers and seeds pooled; compare within one grid."
+    )
+    display = pd.DataFrame(index=data.index, dtype=object)
+    display["iter/s"] = [format_value(x, "iter_per_s") for x in data["iter_per_s"]]
+    display["vs outkd"] = [_signed_pct(x) for x in data["iter_per_s_vs_outkd_pct"]]
+    display["peak mem (MB)"] = [format_value(x, "peak_mem_mb") for x in data["peak_mem_mb"]]
+    display["mem vs outkd"] = [_signed_pct(x) for x in data["peak_mem_vs_outkd_pct"]]
+    if data["teacher_share"].notna().any():
+        display["teacher share"] = [format_value(x, "teacher_share") for x in data["teacher_share"]]
+    display["n"] = [str(int(n)) for n in data["n"]]
+    kd = data.drop(index="none", errors="ignore")  # no distillation is trivially cheapest
+    best = {(o, "iter/s") for o in _best_rows(kd["iter_per_s"], "iter_per_s")}
+    best |= {(o, "peak mem (MB)") for o in _best_rows(kd["peak_mem_mb"], "peak_mem_mb")}
+    title = "Training overhead per objective" + (f" (teacher {teacher})" if teacher else "")
+    return Table(title=title, data=data, display=display, notes=notes, best=best)
+
+
+def _repeat_cell(mean: float, std: float, n: int, metric: str) -> str:
+    """A single evaluation prints as its value; repeated ones as mean ± std (n)."""
+    return format_value(mean, metric) if n <= 1 else format_cell(mean, std, n, metric)
+
+
+def teacher_table(df: pd.DataFrame) -> Table:
+    """Teachers by size: parameters, FID and class accuracy of their own samples."""
+    runs = df[(df["kind"] == "teacher") & (df["status"] == "finished")]
+    order = teacher_order(runs)
+    rows = []
+    for _, t in order.iterrows():
+        group = runs[runs["teacher"] == t["teacher"]]
+        fid, fid_std, n = _stats(group["fid"])
+        acc, acc_std, _ = _stats(group["class_acc"])
+        rows.append(
+            {
+                "teacher": t["teacher"],
+                "teacher_params": t["teacher_params"],
+                "fid": fid,
+                "fid_std": fid_std,
+                "class_acc": acc,
+                "class_acc_std": acc_std,
+                "n": n,
+            }
+        )
+    data = pd.DataFrame(
+        rows,
+        columns=["teacher", "teacher_params", "fid", "fid_std", "class_acc", "class_acc_std", "n"],
+    ).set_index("teacher")
+    display = pd.DataFrame(index=data.index, dtype=object)
+    display["params"] = [format_params(x) for x in data["teacher_params"]]
+    display["fid"] = [
+        _repeat_cell(m, s, int(n), "fid")
+        for m, s, n in zip(data["fid"], data["fid_std"], data["n"])
+    ]
+    display["class acc"] = [
+        _repeat_cell(m, s, int(n), "class_acc")
+        for m, s, n in zip(data["class_acc"], data["class_acc_std"], data["n"])
+    ]
+    notes = [
+        "Teachers' own samples, finished evaluation runs; mean ± std (n) when evaluated "
+        "more than once."
+    ]
+    return Table(title="Teachers", data=data, display=display, notes=notes)
+
+
+def _grid_label(df: pd.DataFrame, fallback: str) -> str:
+    ids = sorted({str(g) for g in df["grid_id"].dropna()})
+    return "+".join(ids) if ids else fallback
+
+
+def compare(df_a: pd.DataFrame, df_b: pd.DataFrame, metric: str = "fid") -> Table:
+    """``metric`` of two grids per (objective, teacher), with delta = B − A (and in %)."""
+    a = cell_stats(df_a, metric)
+    b = cell_stats(df_b, metric)
+    label_a, label_b = _grid_label(df_a, "A"), _grid_label(df_b, "B")
+    if label_a == label_b:
+        label_a, label_b = f"A: {label_a}", f"B: {label_b}"
+    data = (
+        a[["mean", "std", "n"]]
+        .add_prefix("a_")
+        .join(b[["mean", "std", "n"]].add_prefix("b_"), how="outer")
+    )
+    for col in ("a_n", "b_n"):
+        data[col] = data[col].fillna(0).astype(int)
+    data["delta"] = data["b_mean"] - data["a_mean"]
+    data["delta_pct"] = 100 * data["delta"] / data["a_mean"]
+    params = pd.concat([a["teacher_params"], b["teacher_params"]]).groupby(level=[0, 1]).median()
+    data["teacher_params"] = params.reindex(data.index)
+    objectives = objective_order(data.index.get_level_values("objective"))
+    data = data.reset_index()
+    data["_o"] = data["objective"].map({o: i for i, o in enumerate(objectives)})
+    data = data.sort_values(["_o", "teacher_params", "teacher"]).drop(columns="_o")
+    data = data.set_index(["objective", "teacher"])
+    rows = []
+    for (objective, teacher), r in data.iterrows():
+        rows.append(
+            {
+                "objective": objective,
+                "teacher": f"{teacher} ({format_params(r['teacher_params'])})",
+                label_a: format_cell(r["a_mean"], r["a_std"], int(r["a_n"]), metric)
+                if r["a_n"] or np.isfinite(r["a_mean"])
+                else "",
+                label_b: format_cell(r["b_mean"], r["b_std"], int(r["b_n"]), metric)
+                if r["b_n"] or np.isfinite(r["b_mean"])
+                else "",
+                "Δ (B − A)": format_value(r["delta"], metric) if np.isfinite(r["delta"]) else "–",
+                "Δ %": _signed_pct(r["delta_pct"]),
+            }
+        )
+    display = pd.DataFrame(
+        rows, columns=["objective", "teacher", label_a, label_b, "Δ (B − A)", "Δ %"]
+    )
+    display.index = [f"{o} / {t}" for o, t in zip(display["objective"], display["teacher"])]
+    display = display.drop(columns=["objective", "teacher"])
+    display.index.name = "objective / teacher"
+    best = set()
+    for key, (_, r) in zip(display.index, data.iterrows()):
+        if np.isfinite(r["delta"]) and r["delta"] != 0:
+            better_b = (r["delta"] > 0) == higher_is_better(metric)
+            best.add((key, label_b if better_b else label_a))
+    notes = [
+        f"{metric}: mean ± std (n) over seeds of finished runs; Δ = B − A of the means; "
+        f"the better grid per row is marked ({_direction(metric)} is better)."
+    ]
+    return Table(
+        title=f"Compare {metric}: {label_a} vs {label_b}",
+        data=data,
+        display=display,
+        notes=notes,
+        best=best,
+    )

@@ -1,0 +1,537 @@
+"""The ``local`` executor: every cell in a fresh process on this machine.
+
+Choices:
+
+- One ``multiprocessing`` *spawn* process per cell (never fork: CUDA and threads do not
+  survive a fork), at most ``workers`` at a time; the result comes back through a Pipe.
+  A worker that dies (segfault, OOM kill, SIGKILL, an exception that ``work`` did not
+  catch) gives ``{"status": "failed", "error": "<one line>"}`` and the grid goes on.
+- GPUs: by default one worker per visible CUDA device, each pinned with
+  ``CUDA_VISIBLE_DEVICES=<its device>``; more workers than devices share them round-robin.
+  Without a GPU the default is one worker. ``threads`` exports ``OMP_NUM_THREADS`` and
+  ``MKL_NUM_THREADS`` before the child starts and calls ``torch.set_num_threads`` in it.
+- Ctrl-C: while the grid runs, SIGINT in the parent is only counted. The executor then
+  sends one SIGINT to each running cell's process group (each cell leads its own group, so
+  a terminal's Ctrl-C does not hit it twice), which surfaces as ``KeyboardInterrupt`` inside
+  ``work``; it waits ``grace_s`` seconds, then terminates what is left (a second Ctrl-C
+  cuts the wait short). Cells not started are ``"skipped"``, interrupted ones ``"killed"``
+  unless ``work`` returned its own result. Finally it raises :class:`GridInterrupted`, a
+  ``KeyboardInterrupt`` whose ``results`` attribute holds one dict per cell, in order; the
+  same list is kept in the executor's ``results`` attribute.
+
+The helpers here (:func:`finalize`, :func:`failed`, :class:`GridInterrupted`,
+:class:`InterruptCounter`, :func:`progress_bar`) are shared by the other executors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from multiprocessing.connection import wait as wait_for_handles
+from typing import Any
+
+from tqdm import tqdm
+
+from harness import hookimpl
+from harness.errors import OptionError
+from harness.executor import Executor, GridInterrupted
+
+Cell = dict[str, Any]
+Work = Callable[[Cell], dict[str, Any]]
+
+WORK_STATUSES = ("finished", "diverged", "failed", "killed", "skipped")
+"""What a result may say; ``work`` returns ``"skipped"`` for a cell with nothing left to do,
+executors for cells never started."""
+
+_POLL_S = 0.2
+
+
+# ---------------------------------------------------------------------------------------
+# Shared by all executors
+
+
+def outcome(cell: Cell, status: str, **extra: Any) -> dict[str, Any]:
+    """The result dict of a cell the executor reports on itself."""
+    return {"cell_id": cell["cell_id"], "label": cell.get("label"), "status": status, **extra}
+
+
+def failed(cell: Cell, error: str) -> dict[str, Any]:
+    return outcome(cell, "failed", error=one_line(error))
+
+
+def skipped(cell: Cell) -> dict[str, Any]:
+    return outcome(cell, "skipped")
+
+
+def one_line(text: str, limit: int = 500) -> str:
+    """The last non-empty line of ``text`` (a traceback's exception line), whitespace folded."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    line = " ".join(lines[-1].split()) if lines else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def describe(exc: BaseException) -> str:
+    """``"ValueError: message"`` on one line."""
+    message = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def finalize(cell: Cell, raw: Any) -> dict[str, Any]:
+    """Check what ``work`` returned and tie it to its cell (``cell_id`` always the cell's)."""
+    if not isinstance(raw, dict):
+        return failed(cell, f"work returned {type(raw).__name__}, expected a dict with a 'status'")
+    status = raw.get("status")
+    if status not in WORK_STATUSES:
+        return failed(cell, f"work returned status {status!r}; valid: {', '.join(WORK_STATUSES)}")
+    return {"label": cell.get("label"), **raw, "cell_id": cell["cell_id"]}
+
+
+def progress_bar(total: int, progress: bool | None, desc: str) -> tqdm:
+    """A tqdm bar over cells; ``progress=None`` shows it only when stderr is a terminal."""
+    disable = None if progress is None else not progress
+    return tqdm(total=total, desc=desc, unit="cell", disable=disable, dynamic_ncols=True)
+
+
+def tally(bar: tqdm, results: list[dict[str, Any] | None]) -> None:
+    """Show the count of each status so far next to the bar."""
+    counts = Counter(r["status"] for r in results if r is not None)
+    bar.set_postfix_str(", ".join(f"{status} {n}" for status, n in sorted(counts.items())))
+
+
+class InterruptCounter:
+    """Count SIGINTs while a grid runs instead of letting them raise at a random line.
+
+    Only in the main thread, and only when SIGINT is not ignored. While ``raising`` is
+    true the handler also raises ``KeyboardInterrupt`` (a cell run in-process must see it).
+    """
+
+    def __init__(self):
+        self.count = 0
+        self.raising = False
+        self._previous: Any = None
+        self._installed = False
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        if self.raising:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> InterruptCounter:
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.getsignal(signal.SIGINT)
+            if previous not in (signal.SIG_IGN, None):
+                self._previous = previous
+                signal.signal(signal.SIGINT, self._handler)
+                self._installed = True
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+            self._installed = False
+
+
+def check_positive(
+    executor: str, option: str, value: Any, kind: type = int, allow_none: bool = True
+) -> None:
+    """Raise OptionError unless ``value`` is a positive ``kind`` (or None when allowed)."""
+    if value is None and allow_none:
+        return
+    numeric = (int, float) if kind is float else (int,)
+    if isinstance(value, bool) or not isinstance(value, numeric) or value <= 0:
+        what = "a positive integer" if kind is int else "a positive number"
+        unset = " or unset" if allow_none else ""
+        raise OptionError(
+            f"executor {executor!r}: option {option} must be {what}{unset}, got {value!r}"
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# GPU pinning (pure functions)
+
+
+def gpu_ids(count: int, visible: str | None) -> list[str]:
+    """The ids to pin workers to: ``count`` devices, named as ``CUDA_VISIBLE_DEVICES`` names them.
+
+    ``visible`` is the parent's ``CUDA_VISIBLE_DEVICES`` (None when unset): with ``"3,5"`` the
+    children get ``"3"`` and ``"5"`` (indices, UUIDs and MIG ids are passed through as given).
+    """
+    if visible is None:
+        return [str(i) for i in range(count)]
+    entries = [e.strip() for e in visible.split(",") if e.strip()]
+    return entries[:count]
+
+
+def device_slots(workers: int | None, gpus: list[str]) -> list[str | None]:
+    """One entry per worker slot: the device it is pinned to, or None on a CPU-only machine.
+
+    ``workers=None`` means one worker per GPU (one worker without GPUs); more workers than
+    GPUs share them round-robin.
+    """
+    if workers is None:
+        workers = len(gpus) or 1
+    if not gpus:
+        return [None] * workers
+    return [gpus[i % len(gpus)] for i in range(workers)]
+
+
+_GPU_DRIVER_PATHS = ("/proc/driver/nvidia/gpus", "/dev/nvidiactl", "/dev/kfd")
+
+
+def visible_gpus() -> list[str]:
+    """The CUDA devices this process may use (empty without torch or CUDA).
+
+    On Linux without an NVIDIA or ROCm driver this answers without importing torch (seconds).
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and not gpu_ids(1, visible):
+        return []
+    if (
+        sys.platform.startswith("linux")
+        and "torch" not in sys.modules
+        and not any(os.path.exists(p) for p in _GPU_DRIVER_PATHS)
+    ):
+        return []
+    try:
+        import torch
+    except ImportError:
+        return []
+    return gpu_ids(torch.cuda.device_count(), visible)
+
+
+# ---------------------------------------------------------------------------------------
+# The child process
+
+
+def _child_main(payload: bytes, conn: Any, threads: int | None) -> None:
+    """Entry point of a cell's process: run ``work(cell)`` and send back one reply."""
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)  # its own process group: the parent alone decides when to interrupt it
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if the parent ignored it
+    try:
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        work, cell = pickle.loads(payload)
+        reply: tuple[str, Any] = ("result", work(cell))
+    except KeyboardInterrupt:
+        reply = ("killed", "interrupted before the cell returned")
+    except BaseException as exc:  # SystemExit too: the cell did not return a result
+        traceback.print_exc()
+        reply = ("error", describe(exc))
+    try:
+        conn.send(reply)
+    except Exception as exc:  # an unpicklable result
+        conn.send(("error", f"the cell's result cannot be sent back: {describe(exc)}"))
+    conn.close()
+
+
+@contextlib.contextmanager
+def _environ(updates: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for a child about to start, then restore them."""
+    saved = {key: os.environ.get(key) for key in updates}
+    os.environ.update(updates)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _signal_group(proc: Any, signum: int) -> None:
+    """Send ``signum`` to the cell's process group (its own data-loader workers included)."""
+    if proc.pid is None or proc.exitcode is not None:
+        return
+    try:
+        os.killpg(proc.pid, signum)
+    except (ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signum)  # not yet its own group leader
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"worker killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"worker killed by signal {-code}"
+    if code:
+        return f"worker exited with code {code} without returning a result"
+    return "worker exited without returning a result"
+
+
+@dataclass
+class _Running:
+    index: int
+    cell: Cell
+    slot: int
+    proc: Any
+    conn: Any
+    reply: tuple[str, Any] | None = None
+    interrupted: bool = False
+    note: str = ""
+
+    def read(self) -> None:
+        """Take the child's reply (or notice that it closed the pipe without one)."""
+        if self.conn is None:
+            return
+        try:
+            self.reply = self.conn.recv()
+        except (EOFError, OSError):
+            pass
+        self.conn.close()
+        self.conn = None
+
+    def result(self) -> dict[str, Any]:
+        if self.reply is not None:
+            kind, value = self.reply
+            if kind == "result":
+                return finalize(self.cell, value)
+            if kind == "killed":
+                return outcome(self.cell, "killed", error=value)
+            return failed(self.cell, value)
+        reason = _exit_reason(self.proc.exitcode)
+        if self.interrupted:
+            return outcome(self.cell, "killed", error=self.note or f"interrupted; {reason}")
+        return failed(self.cell, reason)
+
+
+# ---------------------------------------------------------------------------------------
+# The executor
+
+
+class LocalExecutor(Executor):
+    """Run each cell in a fresh process on this machine, one worker per GPU by default.
+
+    Options: ``workers`` (parallel cells; default one per visible CUDA device, else 1),
+    ``threads`` (torch threads per cell), ``inprocess`` (run cells in this process, for
+    debugging), ``grace_s`` (how long interrupted cells may take to stop), ``progress``
+    (show a bar: True/False, None = when stderr is a terminal).
+
+    After :meth:`run`, ``self.results`` holds the results of the last run, also when it
+    was interrupted (then :class:`GridInterrupted` carries the same list).
+    """
+
+    name = "local"
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        threads: int | None = None,
+        inprocess: bool = False,
+        grace_s: float = 30.0,
+        progress: bool | None = None,
+    ):
+        check_positive(self.name, "workers", workers)
+        check_positive(self.name, "threads", threads)
+        if isinstance(grace_s, bool) or not isinstance(grace_s, (int, float)) or grace_s < 0:
+            raise OptionError(
+                f"executor 'local': option grace_s must be a number >= 0, got {grace_s!r}"
+            )
+        super().__init__(
+            workers=workers,
+            threads=threads,
+            inprocess=bool(inprocess),
+            grace_s=grace_s,
+            progress=progress,
+        )
+        self.workers = workers
+        self.threads = threads
+        self.inprocess = bool(inprocess)
+        self.grace_s = float(grace_s)
+        self.progress = progress
+        self.results: list[dict[str, Any]] | None = None
+
+    def run(self, cells: list[Cell], work: Work) -> list[dict[str, Any]]:
+        """Run ``work(cell)`` for every cell; one result dict per cell, in order.
+
+        Raises :class:`GridInterrupted` (a ``KeyboardInterrupt``) after Ctrl-C cleanup.
+        """
+        self.results = None
+        if not cells:
+            self.results = []
+            return []
+        if self.inprocess:
+            return self._run_inprocess(cells, work)
+        try:
+            pickle.dumps(work)
+        except Exception as exc:
+            raise TypeError(
+                f"work must be a picklable top-level function: {describe(exc)}"
+            ) from None
+        return self._run_processes(cells, work, device_slots(self.workers, visible_gpus()))
+
+    # -- in separate processes ----------------------------------------------------------
+
+    def _child_env(self, device: str | None) -> dict[str, str]:
+        env = {}
+        if device is not None:
+            env["CUDA_VISIBLE_DEVICES"] = device
+        if self.threads:
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.threads)
+        return env
+
+    def _start(
+        self, ctx: Any, index: int, cell: Cell, work: Work, slot: int, device: str | None
+    ) -> _Running:
+        receiver, sender = ctx.Pipe(duplex=False)
+        payload = pickle.dumps((work, cell))
+        proc = ctx.Process(
+            target=_child_main,
+            args=(payload, sender, self.threads),
+            name=f"kdbench-cell-{cell['cell_id']}",
+        )
+        with _environ(self._child_env(device)):
+            proc.start()
+        sender.close()  # the child holds the only write end: EOF means it is gone
+        return _Running(index, cell, slot, proc, receiver)
+
+    @staticmethod
+    def _reap(running: list[_Running], timeout: float) -> list[_Running]:
+        """Wait up to ``timeout`` s; return (and remove) the children that have exited."""
+        handles: dict[Any, _Running] = {}
+        for child in running:
+            handles[child.proc.sentinel] = child
+            if child.conn is not None:
+                handles[child.conn] = child
+        if not handles:
+            return []
+        for handle in wait_for_handles(list(handles), timeout):
+            child = handles[handle]
+            if handle is child.conn:
+                child.read()
+        finished = []
+        for child in list(running):
+            if child.proc.exitcode is None:
+                continue
+            if child.conn is not None:
+                if child.conn.poll(0):
+                    child.read()
+                else:  # a grandchild may hold the pipe open: do not block on it
+                    child.conn.close()
+                    child.conn = None
+            child.proc.join()
+            running.remove(child)
+            finished.append(child)
+        return finished
+
+    def _run_processes(
+        self, cells: list[Cell], work: Work, slots: list[str | None]
+    ) -> list[dict[str, Any]]:
+        ctx = multiprocessing.get_context("spawn")
+        results: list[dict[str, Any] | None] = [None] * len(cells)
+        free = list(range(len(slots)))
+        running: list[_Running] = []
+        next_cell = 0
+        bar = progress_bar(len(cells), self.progress, "cells")
+
+        def settle(done: list[_Running]) -> None:
+            for child in done:
+                results[child.index] = child.result()
+                free.append(child.slot)
+                bar.update(1)
+            if done:
+                tally(bar, results)
+
+        try:
+            with InterruptCounter() as interrupts:
+                while (next_cell < len(cells) or running) and not interrupts.count:
+                    while free and next_cell < len(cells) and not interrupts.count:
+                        slot = min(free)
+                        free.remove(slot)
+                        running.append(
+                            self._start(ctx, next_cell, cells[next_cell], work, slot, slots[slot])
+                        )
+                        next_cell += 1
+                    settle(self._reap(running, _POLL_S))
+                if interrupts.count:
+                    self._stop(running, interrupts, settle)
+        finally:
+            for child in running:  # only when something above raised: leave no orphans
+                _signal_group(child.proc, signal.SIGKILL)
+                child.proc.join()
+            bar.close()
+        final = [r if r is not None else skipped(cells[i]) for i, r in enumerate(results)]
+        self.results = final
+        if interrupts.count:
+            raise GridInterrupted(final)
+        return final
+
+    def _stop(
+        self,
+        running: list[_Running],
+        interrupts: InterruptCounter,
+        settle: Callable[[list[_Running]], None],
+    ) -> None:
+        """Forward one SIGINT to every running cell, wait ``grace_s``, then terminate."""
+        for child in running:
+            child.interrupted = True
+            _signal_group(child.proc, signal.SIGINT)
+        seen = interrupts.count
+        deadline = time.monotonic() + self.grace_s
+        while running and time.monotonic() < deadline and interrupts.count == seen:
+            settle(self._reap(running, min(_POLL_S, max(0.0, deadline - time.monotonic()))))
+        for signum in (signal.SIGTERM, signal.SIGKILL):
+            if not running:
+                return
+            for child in running:
+                child.note = f"interrupted; did not stop within {self.grace_s:g} s, terminated"
+                _signal_group(child.proc, signum)
+            deadline = time.monotonic() + 5.0
+            while running and time.monotonic() < deadline:
+                settle(self._reap(running, _POLL_S))
+
+    # -- in this process (debugging) ----------------------------------------------------
+
+    def _run_inprocess(self, cells: list[Cell], work: Work) -> list[dict[str, Any]]:
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
+        results: list[dict[str, Any]] = []
+        with (
+            InterruptCounter() as interrupts,
+            progress_bar(len(cells), self.progress, "cells") as bar,
+        ):
+            for cell in cells:
+                if interrupts.count:
+                    results.append(skipped(cell))
+                    continue
+                try:
+                    interrupts.raising = True
+                    try:
+                        raw = work(cell)
+                    finally:
+                        interrupts.raising = False
+                    results.append(finalize(cell, raw))
+                except KeyboardInterrupt:
+                    interrupts.count = max(interrupts.count, 1)
+                    results.append(outcome(cell, "killed", error="interrupted"))
+                except Exception as exc:
+                    traceback.print_exc(file=sys.stderr)
+                    results.append(failed(cell, describe(exc)))
+                bar.update(1)
+                tally(bar, results)
+        self.results = results
+        if interrupts.count:
+            raise GridInterrupted(results)
+        return results
+
+
+@hookimpl
+def register_executors(register):
+    register(LocalExecutor)
