@@ -20,8 +20,9 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,7 @@ class Context:
     device: torch.device
     cache_dir: Path
     progress: bool = True
+    built: list[tuple[str, Path]] = field(default_factory=list)
 
     @classmethod
     def create(cls, cfg: GridConfig, device: torch.device | str = "cpu",
@@ -94,9 +96,12 @@ class Context:
         path = self.cache_dir / kind / f"{_hash(key)}.safetensors"
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path) + ".lock"):
+            self._copy_shipped(kind, path)
             if path.exists():
                 try:
                     model = load_model(path)
+                    if (kind, path) not in self.built:
+                        self.built.append((kind, path))
                     return model.to(self.device), dict(model.spec.get("_build", {}))
                 except CheckpointError as exc:
                     log.warning("cached %s %s is unusable (%s); rebuilding", kind, path.name, exc)
@@ -106,7 +111,40 @@ class Context:
             meta = {**meta, "build_seconds": time.perf_counter() - start}
             model.spec["_build"] = meta
             save_model(model.cpu(), path, extra_meta={"key": json.dumps(key, default=str)})
+            self.built.append((kind, path))
             return model.to(self.device), meta
+
+    def _copy_shipped(self, kind: str, path: Path) -> None:
+        """Seed the cache from ``cache.shipped`` (prebuilt, verified) when it has the entry."""
+        shipped = self.cfg.cache.shipped
+        if path.exists() or not shipped:
+            return
+        source = Path(shipped) / kind / path.name
+        if not source.exists():
+            return
+        from harness.storage import verify
+
+        try:
+            verify(source)
+        except CheckpointError as exc:
+            log.warning("shipped %s %s is unusable (%s); building it", kind, source.name, exc)
+            return
+        for suffix in ("", ".sha256"):
+            shutil.copyfile(f"{source}{suffix}", f"{path}{suffix}.part")
+        os.replace(f"{path}.sha256.part", f"{path}.sha256")
+        os.replace(f"{path}.part", path)
+        self.built.append((kind, path))
+
+    def export(self, folder: str | Path) -> list[Path]:
+        """Copy every cache entry this context built or used into ``folder`` (for shipping)."""
+        out = []
+        for kind, path in self.built:
+            target = Path(folder) / kind / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            for suffix in ("", ".sha256"):
+                shutil.copyfile(f"{path}{suffix}", f"{target}{suffix}")
+            out.append(target)
+        return out
 
     def _pretrain(self, model: nn.Module, steps: int, desc: str) -> nn.Module:
         from harness.trainer import BatchMaker, LoopSettings, train

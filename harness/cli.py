@@ -200,8 +200,15 @@ def leaderboard(experiments, grids, fmt, metric, plot_dir, compare, output,
 @click.argument("config", type=click.Path(path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
 @click.option("--cache-dir", default=None)
-def teachers(config: Path, overrides: tuple[str, ...], cache_dir: str | None) -> None:
-    """Build (pretrain, prune, fine-tune) and cache the grid's teachers, and list them."""
+@click.option("--export", "export_dir", type=click.Path(path_type=Path), default=None,
+              help="Also copy the built models here (a folder for `cache.shipped`).")
+def teachers(config: Path, overrides: tuple[str, ...], cache_dir: str | None,
+             export_dir: Path | None) -> None:
+    """Build (pretrain, prune, fine-tune) and cache the grid's teachers and assistants.
+
+    With --export, the models are also written to a folder that a grid names as
+    `cache.shipped`: this is how the embedded default's teachers are rebuilt.
+    """
     from harness.capacity import Context
     from harness.cell import pick_device
     from harness.config import load_config
@@ -214,7 +221,23 @@ def teachers(config: Path, overrides: tuple[str, ...], cache_dir: str | None) ->
     for cap in cfg.students:
         model = ctx.student_init(cap, cfg.grid.seeds[0])
         click.echo(f"student {cap.name}: {model.num_parameters():,} parameters")
+    from harness import capacity
+    from harness.config import objective_spec
+
+    for entry in cfg.objectives:
+        spec = objective_spec(entry, cfg.objective)
+        if not any(registry_needs_assistant(part["name"]) for part in spec):
+            continue
+        for t_cap in cfg.teachers:
+            for s_cap in cfg.students:
+                model, info = capacity.assistant(ctx, t_cap, s_cap, spec, ctx.teacher(t_cap))
+                click.echo(f"assistant {info.get('capacity')} for {t_cap.name} -> {s_cap.name} "
+                           f"({'+'.join(p['name'] for p in spec)}): "
+                           f"{model.num_parameters():,} parameters")
     click.echo(f"cache: {ctx.cache_dir}")
+    if export_dir is not None:
+        written = ctx.export(export_dir)
+        click.echo(f"exported {len(written)} model(s) to {export_dir}")
 
 
 @cli.command("train-classifier")
@@ -249,6 +272,12 @@ def ui(host: str, port: int, tracking_uri: str | None) -> None:
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
            "--host", host, "--port", str(port)]
     raise SystemExit(subprocess.call(cmd))
+
+
+def registry_needs_assistant(name: str) -> bool:
+    from harness.registry import lookup
+
+    return bool(getattr(lookup("objective", name), "needs_assistant", False))
 
 
 def main() -> None:

@@ -131,6 +131,9 @@ class ExecutorSection(_Strict):
 
 class CacheSection(_Strict):
     dir: str | None = None
+    # A read-only folder of prebuilt models (same layout as the cache), relative to the
+    # grid file: the embedded default ships its teachers this way.
+    shipped: str | None = None
 
 
 class GridConfig(_Strict):
@@ -214,7 +217,10 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(f"{path}: TOML syntax error: {exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text file") from None
-    return config_from_dict(data, overrides, source=str(path))
+    cfg = config_from_dict(data, overrides, source=str(path))
+    if cfg.cache.shipped and not Path(cfg.cache.shipped).is_absolute():
+        cfg.cache.shipped = str((path.parent / cfg.cache.shipped).resolve())
+    return cfg
 
 
 def config_from_dict(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = (),
