@@ -155,8 +155,7 @@ def _dataset(cfg: GridConfig):
 
 
 def _classifier(ds: Any):
-    make = getattr(ds, "classifier", None)
-    return make() if callable(make) else None
+    return ds.classifier()
 
 
 def _one_line(exc: BaseException) -> str:

@@ -34,6 +34,10 @@ class ImageDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         raise NotImplementedError
 
+    def classifier(self) -> torch.nn.Module | None:
+        """A classifier of this data set's classes, for class accuracy of samples (or None)."""
+        return None
+
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """All images and labels at once (small in-memory data sets override this)."""
         images, labels = zip(*(self[i] for i in range(len(self))))
