@@ -1,0 +1,51 @@
+"""``lift``: linear-fit KD (Han, Yoo, Yeo, "LIFT and PLACE", CVPR 2026, arXiv 2605.19729)."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from harness import hookimpl
+from harness.objective import Objective, Outputs, check_pair
+from plugins.objectives._checks import as_float, check_choice, check_image, check_number
+from plugins.objectives._fit import COARSE, adaptive_weight, coarse_penalty, fit_deviation, line_fit
+
+
+class LIFT(Objective):
+    """LIFT: fit the teacher on the student per (sample, channel), then pull the fit to identity.
+
+    Per set of H*W elements: ``beta1 = Cov(s,t)/(Var(s)+eps)``, ``beta0 = mean(t) -
+    beta1 mean(s)`` (centred population moments, see ``_fit``; gradient flows through the
+    betas into ``s``).  Terms: ``coarse`` = mean over sets of ``|beta1-1| + |beta0|``
+    (paper, ``coarse="l1"``) or the squares (``"l2"``, the released code's choice);
+    ``fine`` = mean over elements of ``(sg(beta1) s + sg(beta0) - t)^2`` (betas detached
+    as in all released code); ``w = 1 - min(1, mean|beta1-1| + mean|beta0|)`` without
+    gradient, always from L1 deviations; ``loss = coarse + w * fine``.
+    """
+
+    name = "lift"
+
+    def __init__(self, *, coarse: str = "l1", eps: float = 1e-6):
+        super().__init__()
+        self.coarse = check_choice(self.name, "coarse", coarse, COARSE)
+        self.eps = check_number(self.name, "eps", eps, strict=True)
+
+    def forward(
+        self, student: Outputs, teacher: Outputs, step: int = 0, total_steps: int = 1
+    ) -> dict[str, Tensor]:
+        s, t = student.pred, teacher.pred.detach()
+        check_pair(s, t)
+        check_image(self.name, s)
+        b, c, h, w = s.shape
+        s2 = as_float(s).reshape(b * c, h * w)
+        t2 = as_float(t).reshape(b * c, h * w)
+        beta1, beta0 = line_fit(s2, t2, self.eps)
+        coarse = coarse_penalty(beta1, beta0, self.coarse)
+        fit = beta1.detach().unsqueeze(-1) * s2 + beta0.detach().unsqueeze(-1)
+        fine = (fit - t2).square().mean()
+        weight = adaptive_weight(fit_deviation(beta1, beta0))
+        return {"coarse": coarse, "fine": fine, "w": weight, "loss": coarse + weight * fine}
+
+
+@hookimpl
+def register_objectives(register):
+    register(LIFT)

@@ -1,0 +1,68 @@
+"""``place``: LIFT over difficulty-ordered groups (Han, Yoo, Yeo, CVPR 2026, arXiv 2605.19729)."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from harness import hookimpl
+from harness.errors import OptionError
+from harness.objective import Objective, Outputs, check_pair
+from plugins.objectives._checks import (
+    as_float,
+    check_choice,
+    check_image,
+    check_int,
+    check_number,
+)
+from plugins.objectives._fit import COARSE, adaptive_weight
+from plugins.objectives._grouped import GroupedFit, difficulty_order
+
+
+class PLACE(Objective):
+    """PLACE: LIFT with several fitting sets per (sample, channel), grouped by difficulty.
+
+    Per (sample, channel), the H*W elements are ordered by the key ``sg((t - s)^2)``
+    (ascending) and cut into consecutive groups of ``group_size`` elements (the paper's
+    K = 16 is elements per group).  The released code needs H*W divisible by K; here the
+    remainder joins the last group, whose moments use its true count, and only
+    ``H*W < group_size`` is an error.  Each group is fitted as in LIFT (centred population
+    moments); ``coarse`` and ``w`` average over groups (every group counts once), ``fine``
+    averages over all elements; ``loss = coarse + w * fine``.  With one group covering
+    H*W it equals ``lift``.  The fit runs as one autograd function (see ``_grouped``).
+    """
+
+    name = "place"
+
+    def __init__(self, *, group_size: int = 16, coarse: str = "l1", eps: float = 1e-6):
+        super().__init__()
+        self.group_size = check_int(
+            self.name, "group_size", group_size, minimum=2, why="a line fit needs two elements"
+        )
+        self.coarse = check_choice(self.name, "coarse", coarse, COARSE)
+        self.eps = check_number(self.name, "eps", eps, strict=True)
+
+    def forward(
+        self, student: Outputs, teacher: Outputs, step: int = 0, total_steps: int = 1
+    ) -> dict[str, Tensor]:
+        s, t = student.pred, teacher.pred.detach()
+        check_pair(s, t)
+        check_image(self.name, s)
+        b, c, h, w = s.shape
+        if h * w < self.group_size:
+            raise OptionError(
+                f"objective 'place': H*W = {h}x{w} = {h * w} elements per channel is fewer than "
+                f"group_size = {self.group_size}; use group_size <= {h * w}"
+            )
+        s2 = as_float(s).reshape(b * c, h * w)
+        t2 = as_float(t).reshape(b * c, h * w)
+        order = difficulty_order((t2 - s2.detach()).square_())
+        coarse, fine, deviation = GroupedFit.apply(
+            s2, t2, order, self.group_size, self.eps, self.coarse
+        )
+        weight = adaptive_weight(deviation)
+        return {"coarse": coarse, "fine": fine, "w": weight, "loss": coarse + weight * fine}
+
+
+@hookimpl
+def register_objectives(register):
+    register(PLACE)
