@@ -232,19 +232,36 @@ class Context:
         return self.build(cap.preset).to(self.device)
 
 
-def load_pretrained(ctx: Context, source: str) -> nn.Module:
-    """A kdbench model file (verified safetensors) or a diffusers folder / hub id."""
+def load_model_file(cfg: GridConfig, channels: int, source: str) -> nn.Module:
+    """A kdbench model file (verified safetensors) that fits the grid, else CheckpointError.
+
+    Fits: same backbone, and built for the grid's image size and channel count.
+    """
     from harness.modelio import load_model
 
+    if not Path(source).exists():
+        raise ConfigError(f"pretrained model {source}: file not found")
+    model = load_model(source)
+    if getattr(model, "backbone", None) != cfg.model.backbone:
+        raise CheckpointError(
+            f"{source}: a {getattr(model, 'backbone', '?')} model, but the grid's backbone "
+            f"is {cfg.model.backbone}")
+    spec = model.spec
+    while "pruned_from" in spec:
+        spec = spec["pruned_from"]
+    size, chans = spec.get("image_size"), spec.get("channels")
+    if (size, chans) != (cfg.dataset.image_size, channels):
+        raise CheckpointError(
+            f"{source}: a model for {size}x{size} images with {chans} channel(s), but the "
+            f"grid's data are {cfg.dataset.image_size}x{cfg.dataset.image_size} with "
+            f"{channels} channel(s)")
+    return model
+
+
+def load_pretrained(ctx: Context, source: str) -> nn.Module:
+    """A kdbench model file (verified safetensors) or a diffusers folder / hub id."""
     if source.endswith(".safetensors"):
-        if not Path(source).exists():
-            raise ConfigError(f"pretrained model {source}: file not found")
-        model = load_model(source)
-        if getattr(model, "backbone", None) != ctx.cfg.model.backbone:
-            raise CheckpointError(
-                f"{source}: a {getattr(model, 'backbone', '?')} model, but the grid's backbone "
-                f"is {ctx.cfg.model.backbone}")
-        return model.to(ctx.device)
+        return load_model_file(ctx.cfg, ctx.channels, source).to(ctx.device)
     return ctx.backbone.from_pretrained(source).to(ctx.device)
 
 
@@ -263,11 +280,21 @@ def assistant(ctx: Context, teacher_cap: Capacity, student_cap: Capacity,
     from plugins.objectives.takd import assistant_prune_ratio, choose_assistant
 
     cfg = ctx.cfg
-    if teacher_cap.prune is not None and student_cap.prune is not None:
+    chosen = next((part.get("assistant") for part in base_spec
+                   if part["name"] == "takd" and part.get("assistant") is not None), None)
+    if isinstance(chosen, str):
+        ta_cap = Capacity(preset=chosen)
+    elif isinstance(chosen, (int, float)):
+        ta_cap = Capacity(prune=float(chosen))
+    elif teacher_cap.prune is not None and student_cap.prune is not None:
         ta_cap = Capacity(prune=round(assistant_prune_ratio(teacher_cap.prune,
                                                              student_cap.prune), 4))
     else:
-        sizes = {name: ctx.build(name).num_parameters() for name in ctx.backbone.presets}
+        from harness.models import preset_table
+
+        sizes = {row["name"]: row["params"] for row in preset_table(
+            cfg.model.backbone, cfg.dataset.image_size, channels=ctx.channels,
+            num_classes=ctx.num_classes)}
         student_params = ctx.student_init(student_cap, cfg.pretrain.seed).num_parameters()
         ta_cap = Capacity(preset=choose_assistant(sizes, teacher.num_parameters(),
                                                   student_params))

@@ -10,11 +10,11 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import tomllib
 import warnings
 from pathlib import Path
 from typing import Any, Literal
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.errors import ConfigError, KDBenchError
@@ -333,7 +333,7 @@ def validate_plugins(cfg: GridConfig, source: str = "<grid>") -> None:
             backbone.check_image_size(cfg.dataset.image_size, cfg.model.base)
         except KDBenchError as exc:
             fail("model.base", exc)
-    for name, options in cfg.objective.items():
+    for name in cfg.objective:
         try:
             lookup("objective", name)
         except KDBenchError as exc:

@@ -59,6 +59,7 @@ def run_grid(cfg: GridConfig, *, tracking_uri: str | None = None, rerun: bool = 
     ds = get_dataset(cfg.dataset.name, root=cfg.dataset.root, image_size=cfg.dataset.image_size,
                      split="train", **cfg.dataset.options)
     check_metric_available(ds.feature_extractor, cfg.eval.inception_weights)
+    preflight(cfg, ds.channels)
     uri = resolve_uri(tracking_uri or cfg.tracking.uri, workdir)
     tracker = Tracker(uri, experiment_name(cfg))
     gid = grid_id(cfg)
@@ -96,6 +97,50 @@ def run_grid(cfg: GridConfig, *, tracking_uri: str | None = None, rerun: bool = 
         else:
             run.results = results
     return run
+
+
+def preflight(cfg: GridConfig, channels: int) -> None:
+    """Catch what a worker would trip on, before the store is touched or anything trains.
+
+    - Model files named as ``pretrained`` (teachers, students, ``model.base_pretrained``)
+      are verified and must hold the grid's backbone at its image size and channels.
+    - Objective options that depend on the data's shape (e.g. PLACE's ``group_size`` above
+      H*W): every objective that needs no features is called once on random predictions
+      shaped like two of the grid's images.  Only ``KDBenchError`` counts: other failures
+      stay cell-level results.
+    """
+    import torch
+
+    from harness.capacity import load_model_file
+    from harness.config import objective_spec
+    from harness.errors import ConfigError, KDBenchError
+    from harness.objective import Outputs, build_combination
+
+    sources = [(f"{section}[{i}].pretrained", cap.pretrained)
+               for section in ("teachers", "students")
+               for i, cap in enumerate(getattr(cfg, section)) if cap.pretrained is not None]
+    if cfg.model.base_pretrained is not None:
+        sources.append(("model.base_pretrained", cfg.model.base_pretrained))
+    for key, source in sources:
+        if source.endswith(".safetensors"):
+            try:
+                load_model_file(cfg, channels, source)
+            except KDBenchError as exc:
+                raise ConfigError(f"{key}: {exc}") from None
+    size = cfg.dataset.image_size
+    g = torch.Generator().manual_seed(0)
+    s = Outputs(torch.randn(2, channels, size, size, generator=g))
+    t = Outputs(torch.randn(2, channels, size, size, generator=g))
+    for i, entry in enumerate(cfg.objectives):
+        for part in build_combination(objective_spec(entry, cfg.objective)).parts:
+            if part.needs_features:
+                continue
+            try:
+                with torch.no_grad():
+                    part.setup(s, t)
+                    part(student=s, teacher=t, step=0, total_steps=cfg.train.steps)
+            except KDBenchError as exc:
+                raise ConfigError(f"objectives[{i}]: {exc}") from None
 
 
 def _close_orphaned_runs(tracker: Any, stage: str, jobs: list[dict[str, Any]],

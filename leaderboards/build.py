@@ -59,11 +59,12 @@ def report(
     main = df
     if compare_ids and grid_ids:
         main = df[df["grid_id"].isin(grid_ids)]
-    tables = [
-        capacity_gap_table(main, metric, collapse_fid),
-        overhead_table(main),
-        teacher_table(main),
-    ]
+    tables = [capacity_gap_table(main, metric, collapse_fid)]
+    cells = main[main["kind"] == "cell"] if "kind" in main else main
+    if metric != "class_acc" and "class_acc" in cells and cells["class_acc"].notna().any():
+        # Class-conditional grids: does the student draw the digit it was asked for?
+        tables.append(capacity_gap_table(main, "class_acc"))
+    tables += [overhead_table(main), teacher_table(main)]
     if compare_ids:
         a, b = compare_ids
         tables.append(compare(_select(df, a), _select(df, b), metric))

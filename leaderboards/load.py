@@ -27,6 +27,7 @@ TAGS = (
     "git_commit",
     "version",
     "fid_features",
+    "teacher_mode",
 )
 STR_PARAMS = ("objective", "objective_spec", "teacher", "student", "backbone", "process", "dataset")
 INT_PARAMS = ("teacher_params", "student_params", "image_size", "seed", "steps", "batch_size")

@@ -293,6 +293,12 @@ def _signed_pct(x: float) -> str:
     return "–" if not np.isfinite(x) else f"{x:+.1f}%"
 
 
+def _modes(group: pd.DataFrame) -> str:
+    if "teacher_mode" not in group:
+        return ""
+    return "/".join(sorted({str(m) for m in group["teacher_mode"].dropna()}))
+
+
 def overhead_table(df: pd.DataFrame, teacher: str | None = None) -> Table:
     """Training cost per objective over finished cells: iter/s, peak memory, vs outkd in %.
 
@@ -312,11 +318,13 @@ def overhead_table(df: pd.DataFrame, teacher: str | None = None) -> Table:
                 "iter_per_s": _stats(group["iter_per_s"])[0],
                 "peak_mem_mb": _stats(group["peak_mem_mb"])[0],
                 "teacher_share": _stats(group["teacher_share"])[0],
+                "teacher_mode": _modes(group),
                 "n": len(group),
             }
         )
     data = pd.DataFrame(
-        rows, columns=["objective", "iter_per_s", "peak_mem_mb", "teacher_share", "n"]
+        rows,
+        columns=["objective", "iter_per_s", "peak_mem_mb", "teacher_share", "teacher_mode", "n"],
     ).set_index("objective")
     notes = [
         "Means over finished cells; relative columns are 100·(x / x_outkd − 1); "
@@ -342,6 +350,12 @@ def overhead_table(df: pd.DataFrame, teacher: str | None = None) -> Table:
     display["mem vs outkd"] = [_signed_pct(x) for x in data["peak_mem_vs_outkd_pct"]]
     if data["teacher_share"].notna().any():
         display["teacher share"] = [format_value(x, "teacher_share") for x in data["teacher_share"]]
+    if data["teacher_mode"].astype(bool).any():
+        display["teacher"] = list(data["teacher_mode"])
+        notes.append(
+            "teacher: 'cached' cells read the teacher's predictions computed once per "
+            "(teacher, seed); 'live' cells (feature KD) run the teacher at every step."
+        )
     display["n"] = [str(int(n)) for n in data["n"]]
     kd = data.drop(index="none", errors="ignore")  # no distillation is trivially cheapest
     best = {(o, "iter/s") for o in _best_rows(kd["iter_per_s"], "iter_per_s")}

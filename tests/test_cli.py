@@ -8,9 +8,9 @@ import sys
 import textwrap
 
 from click.testing import CliRunner
+from test_config import SMALL
 
 from harness.cli import cli
-from test_config import SMALL
 
 
 def invoke(*args):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import EXAMPLE
 
 from harness import Outputs, get_objective, registry
 from harness.errors import OptionError, PluginError
-from conftest import EXAMPLE
 
 BUILTIN_OBJECTIVES = {"none", "outkd", "featkd", "dist", "takd", "lift", "place"}
 

@@ -5,7 +5,6 @@ flattened student and teacher predictions of sample i.  It ignores the scale of 
 prediction and keeps only its direction; ``eps`` guards the norms.
 """
 
-import torch
 import torch.nn.functional as F
 
 from harness import Objective, Outputs, check_pair, hookimpl
