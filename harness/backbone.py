@@ -22,8 +22,11 @@ class DiffusionModel(nn.Module):
     Attributes: ``inner`` (the wrapped model), ``backbone`` (registry name), ``spec``
     (a JSON-able dict that rebuilds the architecture: preset/config, image size,
     channels, classes, and pruning information when pruned), ``taps`` (module paths
-    relative to this wrapper, in depth order).
+    relative to this wrapper, in depth order).  A tap whose module returns a tuple records
+    element ``tap_output_index.get(tap)``, else the first tensor (``harness.features``).
     """
+
+    tap_output_index: dict[str, int] = {}
 
     def __init__(self, inner: nn.Module, backbone: str, spec: dict[str, Any], taps: list[str]):
         super().__init__()
