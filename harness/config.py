@@ -378,13 +378,22 @@ def _hash(obj: Any, n: int = 12) -> str:
 
 
 def teacher_key(cfg: GridConfig, cap: Capacity) -> dict[str, Any]:
-    """Everything that determines a trained teacher (its cache identity)."""
-    return {
+    """Everything that determines a trained teacher (its cache identity).
+
+    Pruning settings enter only the keys of pruned models, so changing how pruned
+    teachers are fine-tuned does not retrain the base model.
+    """
+    pretrain = cfg.pretrain.model_dump()
+    pruning = {k: pretrain.pop(k) for k in ("finetune_steps", "prune_batches")}
+    key = {
         "dataset": cfg.dataset.model_dump(),
         "model": cfg.model.model_dump(),
         "capacity": cap.model_dump(exclude={"label"}),
-        "pretrain": cfg.pretrain.model_dump(),
+        "pretrain": pretrain,
     }
+    if cap.prune:
+        key["pruning"] = pruning
+    return key
 
 
 def expand(cfg: GridConfig) -> list[dict[str, Any]]:
