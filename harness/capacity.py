@@ -232,16 +232,8 @@ class Context:
         return self.build(cap.preset).to(self.device)
 
 
-def load_model_file(cfg: GridConfig, channels: int, source: str) -> nn.Module:
-    """A kdbench model file (verified safetensors) that fits the grid, else CheckpointError.
-
-    Fits: same backbone, and built for the grid's image size and channel count.
-    """
-    from harness.modelio import load_model
-
-    if not Path(source).exists():
-        raise ConfigError(f"pretrained model {source}: file not found")
-    model = load_model(source)
+def check_fits(cfg: GridConfig, channels: int, model: nn.Module, source: str) -> None:
+    """CheckpointError unless ``model`` is the grid's backbone at its image size and channels."""
     if getattr(model, "backbone", None) != cfg.model.backbone:
         raise CheckpointError(
             f"{source}: a {getattr(model, 'backbone', '?')} model, but the grid's backbone "
@@ -255,6 +247,16 @@ def load_model_file(cfg: GridConfig, channels: int, source: str) -> nn.Module:
             f"{source}: a model for {size}x{size} images with {chans} channel(s), but the "
             f"grid's data are {cfg.dataset.image_size}x{cfg.dataset.image_size} with "
             f"{channels} channel(s)")
+
+
+def load_model_file(cfg: GridConfig, channels: int, source: str) -> nn.Module:
+    """A kdbench model file (verified safetensors) that fits the grid, else CheckpointError."""
+    from harness.modelio import load_model
+
+    if not Path(source).exists():
+        raise ConfigError(f"pretrained model {source}: file not found")
+    model = load_model(source)
+    check_fits(cfg, channels, model, source)
     return model
 
 
@@ -262,7 +264,9 @@ def load_pretrained(ctx: Context, source: str) -> nn.Module:
     """A kdbench model file (verified safetensors) or a diffusers folder / hub id."""
     if source.endswith(".safetensors"):
         return load_model_file(ctx.cfg, ctx.channels, source).to(ctx.device)
-    return ctx.backbone.from_pretrained(source).to(ctx.device)
+    model = ctx.backbone.from_pretrained(source)
+    check_fits(ctx.cfg, ctx.channels, model, source)
+    return model.to(ctx.device)
 
 
 def assistant(ctx: Context, teacher_cap: Capacity, student_cap: Capacity,

@@ -224,6 +224,22 @@ def _teacher_source(ctx: Any, job: dict[str, Any], source_model: torch.nn.Module
     return CachedTeacher(cache, ctx.device), "cached"
 
 
+def _step_logger(tracker: Any, run_id: str, settings: Any):
+    """Log a step's terms (buffered); flush at the last log before each checkpoint.
+
+    A killed worker loses its buffer: flushing before every checkpoint keeps the history
+    of every step before the checkpoint it resumes from.
+    """
+    every, ckpt = settings.log_every, settings.checkpoint_every
+
+    def log(step: int, metrics: dict[str, float]) -> None:
+        tracker.log_metrics(run_id, metrics, step=step)
+        if (step // every + 1) * every >= (step // ckpt + 1) * ckpt:
+            tracker.flush(run_id)
+
+    return log
+
+
 def run_cell(job: dict[str, Any]) -> dict[str, Any]:
     from harness import capacity
     from harness.capacity import Context
@@ -270,7 +286,7 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
         tracker.set_tags(run_id, {"kdbench.teacher_mode": mode})
         trained = train(student, batches=batches, settings=settings, objective=objective,
                         teacher=teacher_source, pairs=pairs, checkpoint=checkpoint_path(job),
-                        log=lambda step, m: tracker.log_metrics(run_id, m, step=step),
+                        log=_step_logger(tracker, run_id, settings),
                         device=device,
                         progress=job["label"] if job.get("progress", True) else None)
         tracker.flush()
@@ -293,6 +309,9 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
         checkpoint_path(job).unlink(missing_ok=True)
         result.update(status="finished", metrics=metrics)
     except DivergedError as exc:
+        # The last terms (the step that diverged) join the history; NaN/inf log as NaN.
+        tracker.log_metrics(run_id, {f"train/{k}": v for k, v in exc.terms.items()},
+                            step=exc.step)
         tracker.log_metrics(run_id, {"diverged_step": exc.step})
         tracker.set_tags(run_id, {"kdbench.diverged_reason": exc.reason[:250]})
         tracker.finish(run_id, "diverged")

@@ -10,7 +10,9 @@ resumes it from its checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,12 +56,13 @@ def run_grid(cfg: GridConfig, *, tracking_uri: str | None = None, rerun: bool = 
     from harness.cell import git_commit, run_job
     from harness.factories import get_dataset, get_executor
     from harness.metrics import check_metric_available
-    from harness.tracking import Tracker, resolve_uri
+    from harness.tracking import Tracker, mask_uri, resolve_uri
 
     ds = get_dataset(cfg.dataset.name, root=cfg.dataset.root, image_size=cfg.dataset.image_size,
                      split="train", **cfg.dataset.options)
     check_metric_available(ds.feature_extractor, cfg.eval.inception_weights)
     preflight(cfg, ds.channels)
+    executor = get_executor(cfg.executor.name, **cfg.executor.options)
     uri = resolve_uri(tracking_uri or cfg.tracking.uri, workdir)
     tracker = Tracker(uri, experiment_name(cfg))
     gid = grid_id(cfg)
@@ -72,14 +75,16 @@ def run_grid(cfg: GridConfig, *, tracking_uri: str | None = None, rerun: bool = 
                 done.add(r["tags"].get("kdbench.cell_id"))
         run.skipped = [c["cell_id"] for c in cells if c["cell_id"] in done]
         cells = [c for c in cells if c["cell_id"] not in done]
+    config = cfg.model_dump(mode="json")
+    if config["tracking"]["uri"]:  # workers get ``uri``; the logged config.json no password
+        config["tracking"]["uri"] = mask_uri(config["tracking"]["uri"])
     context = {
-        "config": cfg.model_dump(mode="json"), "tracking_uri": uri,
+        "config": config, "tracking_uri": uri,
         "experiment_id": tracker.experiment_id, "grid_id": gid, "rerun": rerun,
         "cache_dir": str(Path(cache_dir or cfg.cache.dir or default_cache_dir()).expanduser()),
         "progress": progress, "git_commit": git_commit(),
     }
     teacher_jobs, cell_jobs = _jobs(cfg, context, cells)
-    executor = get_executor(cfg.executor.name, **cfg.executor.options)
     for stage, jobs in (("teacher", teacher_jobs), ("cell", cell_jobs)):
         if not jobs:
             continue
@@ -102,8 +107,10 @@ def run_grid(cfg: GridConfig, *, tracking_uri: str | None = None, rerun: bool = 
 def preflight(cfg: GridConfig, channels: int) -> None:
     """Catch what a worker would trip on, before the store is touched or anything trains.
 
-    - Model files named as ``pretrained`` (teachers, students, ``model.base_pretrained``)
-      are verified and must hold the grid's backbone at its image size and channels.
+    - Model files and local diffusers folders named as ``pretrained`` (teachers, students,
+      ``model.base_pretrained``) are loaded once (verified; pickles only as weights) and
+      must hold the grid's backbone at its image size and channels.  Hub ids are left to
+      the workers.
     - Objective options that depend on the data's shape (e.g. PLACE's ``group_size`` above
       H*W): every objective that needs no features is called once on random predictions
       shaped like two of the grid's images.  Only ``KDBenchError`` counts: other failures
@@ -111,9 +118,10 @@ def preflight(cfg: GridConfig, channels: int) -> None:
     """
     import torch
 
-    from harness.capacity import load_model_file
+    from harness.capacity import check_fits, load_model_file
     from harness.config import objective_spec
     from harness.errors import ConfigError, KDBenchError
+    from harness.factories import get_backbone
     from harness.objective import Outputs, build_combination
 
     sources = [(f"{section}[{i}].pretrained", cap.pretrained)
@@ -122,11 +130,19 @@ def preflight(cfg: GridConfig, channels: int) -> None:
     if cfg.model.base_pretrained is not None:
         sources.append(("model.base_pretrained", cfg.model.base_pretrained))
     for key, source in sources:
-        if source.endswith(".safetensors"):
-            try:
+        folder = Path(source).expanduser()
+        local = source.startswith(("/", ".", "~")) or source.count("/") > 1
+        try:
+            if source.endswith(".safetensors"):
                 load_model_file(cfg, channels, source)
-            except KDBenchError as exc:
-                raise ConfigError(f"{key}: {exc}") from None
+            elif folder.is_dir():
+                with _quiet_diffusers():  # its fallback notes would break the one-line error
+                    model = get_backbone(cfg.model.backbone).from_pretrained(str(folder))
+                check_fits(cfg, channels, model, source)
+            elif local:  # not a hub id either
+                raise ConfigError(f"pretrained model folder not found: {source}")
+        except KDBenchError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
     size = cfg.dataset.image_size
     g = torch.Generator().manual_seed(0)
     s = Outputs(torch.randn(2, channels, size, size, generator=g))
@@ -141,6 +157,18 @@ def preflight(cfg: GridConfig, channels: int) -> None:
                     part(student=s, teacher=t, step=0, total_steps=cfg.train.steps)
             except KDBenchError as exc:
                 raise ConfigError(f"objectives[{i}]: {exc}") from None
+
+
+@contextlib.contextmanager
+def _quiet_diffusers() -> Iterator[None]:
+    from diffusers.utils import logging as dlog
+
+    level = dlog.get_verbosity()
+    dlog.set_verbosity(dlog.CRITICAL)
+    try:
+        yield
+    finally:
+        dlog.set_verbosity(level)
 
 
 def _close_orphaned_runs(tracker: Any, stage: str, jobs: list[dict[str, Any]],
