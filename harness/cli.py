@@ -48,6 +48,9 @@ def cli(ctx: click.Context, debug: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
                         format="kdbench: %(levelname)s: %(message)s")
     if not debug:
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.set_verbosity(diffusers_logging.CRITICAL)
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.formatwarning = lambda msg, cat, *a, **k: f"kdbench: warning: {msg}\n"
@@ -75,6 +78,13 @@ def run(config: Path, overrides: tuple[str, ...], dry_run: bool, rerun: bool,
     cfg = load_config(config, overrides)
     cells = expand(cfg)
     if dry_run:
+        from harness.factories import get_dataset
+        from harness.grid import preflight
+
+        ds = get_dataset(cfg.dataset.name, root=cfg.dataset.root,
+                         image_size=cfg.dataset.image_size, split="train",
+                         **cfg.dataset.options)
+        preflight(cfg, ds.channels)
         click.echo(f"grid {cfg.grid.name} ({grid_id(cfg)}): {len(cells)} cells, "
                    f"{len(cfg.teachers)} teachers x {len(cfg.students)} students x "
                    f"{len(cfg.objectives)} objectives x {len(cfg.grid.seeds)} seeds")

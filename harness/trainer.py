@@ -353,7 +353,7 @@ def train(
                 kd_terms = objective(student=student_out, teacher=teacher_out, step=step,
                                      total_steps=settings.steps)
                 for key, value in kd_terms.items():
-                    terms[f"{objective.label}/{key}" if key != "loss" else "kd"] = value
+                    terms[key if key != "loss" else "kd"] = value  # already "name/term"
                 loss = loss + kd_terms["loss"]
             terms["loss"] = loss
             optimizer.zero_grad(set_to_none=True)
