@@ -36,8 +36,9 @@ def models(student_preset: str, teacher_preset: str, size: int):
 
 def data(size: int, n: int = 512):
     g = torch.Generator().manual_seed(0)
-    return torch.rand(n, 1, size, size, generator=g) * 2 - 1, torch.randint(0, 10, (n,),
-                                                                             generator=g)
+    return torch.rand(n, 1, size, size, generator=g) * 2 - 1, torch.randint(
+        0, 10, (n,), generator=g
+    )
 
 
 def bare_loop(student, teacher, batches: BatchMaker, steps: int, lr: float) -> float:
@@ -63,28 +64,50 @@ def bare_loop(student, teacher, batches: BatchMaker, steps: int, lr: float) -> f
 
 
 def harness_loop(student, teacher, batches: BatchMaker, steps: int, lr: float) -> float:
-    settings = LoopSettings(steps=steps, batch_size=batches.rand.b, lr=lr, log_every=25,
-                            checkpoint_every=10**9)
+    settings = LoopSettings(
+        steps=steps, batch_size=batches.rand.b, lr=lr, log_every=25, checkpoint_every=10**9
+    )
     logged = []
-    result = train(student, batches=batches, settings=settings,
-                   objective=build_combination([{"name": "outkd"}]),
-                   teacher=LiveTeacher(teacher), log=lambda s, m: logged.append(m))
+    result = train(
+        student,
+        batches=batches,
+        settings=settings,
+        objective=build_combination([{"name": "outkd"}]),
+        teacher=LiveTeacher(teacher),
+        log=lambda s, m: logged.append(m),
+    )
     return 1.0 / result.iter_per_s
 
 
 def overhead(args) -> None:
     size, batch = 16, 64
     images, labels = data(size)
-    print(f"\n## Harness step vs bare PyTorch loop (U-Net {args.student} <- {args.teacher}, "
-          f"{size}x{size}, batch {batch}, {args.steps} steps, median of {args.repeats})")
+    print(
+        f"\n## Harness step vs bare PyTorch loop (U-Net {args.student} <- {args.teacher}, "
+        f"{size}x{size}, batch {batch}, {args.steps} steps, median of {args.repeats})"
+    )
     bare, ours = [], []
     for _ in range(args.repeats):
         s, t = models(args.student, args.teacher, size)
-        bare.append(bare_loop(s, t, BatchMaker(images, labels, get_process("ddpm"), batch, 0,
-                                               torch.device("cpu")), args.steps, 1e-3))
+        bare.append(
+            bare_loop(
+                s,
+                t,
+                BatchMaker(images, labels, get_process("ddpm"), batch, 0, torch.device("cpu")),
+                args.steps,
+                1e-3,
+            )
+        )
         s, t = models(args.student, args.teacher, size)
-        ours.append(harness_loop(s, t, BatchMaker(images, labels, get_process("ddpm"), batch, 0,
-                                                  torch.device("cpu")), args.steps, 1e-3))
+        ours.append(
+            harness_loop(
+                s,
+                t,
+                BatchMaker(images, labels, get_process("ddpm"), batch, 0, torch.device("cpu")),
+                args.steps,
+                1e-3,
+            )
+        )
     b, h = statistics.median(bare), statistics.median(ours)
     print(f"bare loop      {1000 * b:8.1f} ms/step")
     print(f"kdbench train  {1000 * h:8.1f} ms/step   ({100 * (h / b - 1):+.1f}% vs bare)")
@@ -94,19 +117,27 @@ def cache_speedup(args) -> None:
     size, batch, k = 16, 64, args.objectives
     images, labels = data(size)
     objectives = ["outkd", "lift", "place", "dist", "none", "outkd"][:k]
-    print(f"\n## Grid of {k} objectives sharing one teacher ({args.teacher} -> {args.student}, "
-          f"{args.steps} steps each)")
+    print(
+        f"\n## Grid of {k} objectives sharing one teacher ({args.teacher} -> {args.student}, "
+        f"{args.steps} steps each)"
+    )
 
     def make_batches():
         return BatchMaker(images, labels, get_process("ddpm"), batch, 0, torch.device("cpu"))
 
-    settings = LoopSettings(steps=args.steps, batch_size=batch, log_every=25,
-                            checkpoint_every=10**9)
+    settings = LoopSettings(
+        steps=args.steps, batch_size=batch, log_every=25, checkpoint_every=10**9
+    )
     start = time.perf_counter()
     for name in objectives:
         s, t = models(args.student, args.teacher, size)
-        train(s, batches=make_batches(), settings=settings,
-              objective=build_combination([{"name": name}]), teacher=LiveTeacher(t))
+        train(
+            s,
+            batches=make_batches(),
+            settings=settings,
+            objective=build_combination([{"name": name}]),
+            teacher=LiveTeacher(t),
+        )
     live = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -115,8 +146,13 @@ def cache_speedup(args) -> None:
         cache.build(LiveTeacher(t), make_batches())
         for name in objectives:
             s, _ = models(args.student, args.teacher, size)
-            train(s, batches=make_batches(), settings=settings,
-                  objective=build_combination([{"name": name}]), teacher=CachedTeacher(cache))
+            train(
+                s,
+                batches=make_batches(),
+                settings=settings,
+                objective=build_combination([{"name": name}]),
+                teacher=CachedTeacher(cache),
+            )
         cached = time.perf_counter() - start
     print(f"live teacher in every cell  {live:7.1f} s")
     print(f"teacher once, then cached   {cached:7.1f} s   (speedup x{live / cached:.2f})")

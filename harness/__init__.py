@@ -9,8 +9,14 @@ hookimpl = pluggy.HookimplMarker("kdbench")
 
 def __getattr__(name):
     # Lazy exports keep `import harness` (and `kdbench --help`) free of torch's import time.
-    if name in {"Outputs", "Objective", "get_objective", "Combination", "build_combination",
-                "check_pair"}:
+    if name in {
+        "Outputs",
+        "Objective",
+        "get_objective",
+        "Combination",
+        "build_combination",
+        "check_pair",
+    }:
         from harness import objective
 
         return getattr(objective, name)
@@ -34,7 +40,19 @@ def __getattr__(name):
 
 
 __all__ = [
-    "hookimpl", "Outputs", "Objective", "get_objective", "Combination", "build_combination",
-    "Backbone", "DiffusionModel", "pair_taps", "ImageDataset", "Executor",
-    "get_backbone", "get_dataset", "get_executor", "__version__",
+    "hookimpl",
+    "Outputs",
+    "Objective",
+    "get_objective",
+    "Combination",
+    "build_combination",
+    "Backbone",
+    "DiffusionModel",
+    "pair_taps",
+    "ImageDataset",
+    "Executor",
+    "get_backbone",
+    "get_dataset",
+    "get_executor",
+    "__version__",
 ]

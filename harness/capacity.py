@@ -66,28 +66,51 @@ class Context:
     built: list[tuple[str, Path]] = field(default_factory=list)
 
     @classmethod
-    def create(cls, cfg: GridConfig, device: torch.device | str = "cpu",
-               cache_dir: str | Path | None = None, progress: bool = True) -> Context:
+    def create(
+        cls,
+        cfg: GridConfig,
+        device: torch.device | str = "cpu",
+        cache_dir: str | Path | None = None,
+        progress: bool = True,
+    ) -> Context:
         from harness.factories import get_backbone, get_dataset
         from harness.process import get_process
 
-        ds = get_dataset(cfg.dataset.name, root=cfg.dataset.root,
-                         image_size=cfg.dataset.image_size, split="train",
-                         **cfg.dataset.options)
+        ds = get_dataset(
+            cfg.dataset.name,
+            root=cfg.dataset.root,
+            image_size=cfg.dataset.image_size,
+            split="train",
+            **cfg.dataset.options,
+        )
         images, labels = ds.tensors()
         num_classes = ds.num_classes if cfg.model.conditional else 0
         backbone = get_backbone(cfg.model.backbone)
         process = get_process(cfg.model.process or backbone.default_process)
         folder = Path(cache_dir or cfg.cache.dir or default_cache_dir()).expanduser()
-        return cls(cfg, images, labels if num_classes else None, num_classes, ds.channels,
-                   backbone, process, torch.device(device), folder, progress)
+        return cls(
+            cfg,
+            images,
+            labels if num_classes else None,
+            num_classes,
+            ds.channels,
+            backbone,
+            process,
+            torch.device(device),
+            folder,
+            progress,
+        )
 
     # ------------------------------------------------------------------ helpers
 
     def build(self, preset: str | None) -> nn.Module:
-        return self.backbone.build(preset, image_size=self.cfg.dataset.image_size,
-                                   channels=self.channels, num_classes=self.num_classes,
-                                   config=self.cfg.model.config or None)
+        return self.backbone.build(
+            preset,
+            image_size=self.cfg.dataset.image_size,
+            channels=self.channels,
+            num_classes=self.num_classes,
+            config=self.cfg.model.config or None,
+        )
 
     def _cached(self, kind: str, key: dict[str, Any], make) -> tuple[nn.Module, dict[str, Any]]:
         """Load ``kind/<hash(key)>`` from the cache, or build it with ``make()`` and store it."""
@@ -152,13 +175,25 @@ class Context:
         p = self.cfg.pretrain
         if steps == 0:
             return model
-        settings = LoopSettings(steps=steps, batch_size=p.batch_size, lr=p.lr,
-                                ema_decay=p.ema_decay, warmup_steps=p.warmup_steps,
-                                checkpoint_every=max(steps, 1), log_every=max(steps // 10, 1))
-        batches = BatchMaker(self.images, self.labels, self.process, p.batch_size, p.seed,
-                             self.device)
-        result = train(model, batches=batches, settings=settings, device=self.device,
-                       progress=desc if self.progress else None)
+        settings = LoopSettings(
+            steps=steps,
+            batch_size=p.batch_size,
+            lr=p.lr,
+            ema_decay=p.ema_decay,
+            warmup_steps=p.warmup_steps,
+            checkpoint_every=max(steps, 1),
+            log_every=max(steps // 10, 1),
+        )
+        batches = BatchMaker(
+            self.images, self.labels, self.process, p.batch_size, p.seed, self.device
+        )
+        result = train(
+            model,
+            batches=batches,
+            settings=settings,
+            device=self.device,
+            progress=desc if self.progress else None,
+        )
         ema = result.ema
         ema.spec = model.spec
         return ema
@@ -168,8 +203,12 @@ class Context:
         out = []
         for _ in range(self.cfg.pretrain.prune_batches):
             idx = torch.randint(len(self.images), (self.cfg.pretrain.batch_size,), generator=g)
-            out.append((self.images[idx].to(self.device),
-                        None if self.labels is None else self.labels[idx].to(self.device)))
+            out.append(
+                (
+                    self.images[idx].to(self.device),
+                    None if self.labels is None else self.labels[idx].to(self.device),
+                )
+            )
         return out
 
     # ------------------------------------------------------------------ models
@@ -197,8 +236,9 @@ class Context:
 
         def make():
             base = self.base()
-            return prune(base, ratio, self._prune_batches(), self.process,
-                         seed=self.cfg.pretrain.seed), {}
+            return prune(
+                base, ratio, self._prune_batches(), self.process, seed=self.cfg.pretrain.seed
+            ), {}
 
         return self._cached("pruned", key, make)[0]
 
@@ -237,7 +277,8 @@ def check_fits(cfg: GridConfig, channels: int, model: nn.Module, source: str) ->
     if getattr(model, "backbone", None) != cfg.model.backbone:
         raise CheckpointError(
             f"{source}: a {getattr(model, 'backbone', '?')} model, but the grid's backbone "
-            f"is {cfg.model.backbone}")
+            f"is {cfg.model.backbone}"
+        )
     spec = model.spec
     while "pruned_from" in spec:
         spec = spec["pruned_from"]
@@ -246,7 +287,8 @@ def check_fits(cfg: GridConfig, channels: int, model: nn.Module, source: str) ->
         raise CheckpointError(
             f"{source}: a model for {size}x{size} images with {chans} channel(s), but the "
             f"grid's data are {cfg.dataset.image_size}x{cfg.dataset.image_size} with "
-            f"{channels} channel(s)")
+            f"{channels} channel(s)"
+        )
 
 
 def load_model_file(cfg: GridConfig, channels: int, source: str) -> nn.Module:
@@ -269,9 +311,13 @@ def load_pretrained(ctx: Context, source: str) -> nn.Module:
     return model.to(ctx.device)
 
 
-def assistant(ctx: Context, teacher_cap: Capacity, student_cap: Capacity,
-              base_spec: list[dict[str, Any]], teacher: nn.Module
-              ) -> tuple[nn.Module, dict[str, Any]]:
+def assistant(
+    ctx: Context,
+    teacher_cap: Capacity,
+    student_cap: Capacity,
+    base_spec: list[dict[str, Any]],
+    teacher: nn.Module,
+) -> tuple[nn.Module, dict[str, Any]]:
     """TAKD's teaching assistant, KD-trained from the teacher with the base objective.
 
     Its capacity sits halfway in log-parameters between teacher and student (Mirzadeh et
@@ -284,41 +330,63 @@ def assistant(ctx: Context, teacher_cap: Capacity, student_cap: Capacity,
     from plugins.objectives.takd import assistant_prune_ratio, choose_assistant
 
     cfg = ctx.cfg
-    chosen = next((part.get("assistant") for part in base_spec
-                   if part["name"] == "takd" and part.get("assistant") is not None), None)
+    chosen = next(
+        (
+            part.get("assistant")
+            for part in base_spec
+            if part["name"] == "takd" and part.get("assistant") is not None
+        ),
+        None,
+    )
     if isinstance(chosen, str):
         ta_cap = Capacity(preset=chosen)
     elif isinstance(chosen, (int, float)):
         ta_cap = Capacity(prune=float(chosen))
     elif teacher_cap.prune is not None and student_cap.prune is not None:
-        ta_cap = Capacity(prune=round(assistant_prune_ratio(teacher_cap.prune,
-                                                             student_cap.prune), 4))
+        ta_cap = Capacity(
+            prune=round(assistant_prune_ratio(teacher_cap.prune, student_cap.prune), 4)
+        )
     else:
         from harness.models import preset_table
 
-        sizes = {row["name"]: row["params"] for row in preset_table(
-            cfg.model.backbone, cfg.dataset.image_size, channels=ctx.channels,
-            num_classes=ctx.num_classes)}
+        sizes = {
+            row["name"]: row["params"]
+            for row in preset_table(
+                cfg.model.backbone,
+                cfg.dataset.image_size,
+                channels=ctx.channels,
+                num_classes=ctx.num_classes,
+            )
+        }
         student_params = ctx.student_init(student_cap, cfg.pretrain.seed).num_parameters()
-        ta_cap = Capacity(preset=choose_assistant(sizes, teacher.num_parameters(),
-                                                  student_params))
+        ta_cap = Capacity(preset=choose_assistant(sizes, teacher.num_parameters(), student_params))
     steps = cfg.train.assistant_steps or cfg.train.steps
-    key = {"teacher": teacher_key(cfg, teacher_cap), "assistant": ta_cap.model_dump(),
-           "base": base_spec, "train": cfg.train.model_dump(exclude={"threads"}),
-           "steps": steps}
+    key = {
+        "teacher": teacher_key(cfg, teacher_cap),
+        "assistant": ta_cap.model_dump(),
+        "base": base_spec,
+        "train": cfg.train.model_dump(exclude={"threads"}),
+        "steps": steps,
+    }
 
     def make():
         init = ctx.student_init(ta_cap, cfg.pretrain.seed)
-        settings = LoopSettings.from_section(cfg.train, steps=steps,
-                                             checkpoint_every=max(steps, 1))
-        batches = BatchMaker(ctx.images, ctx.labels, ctx.process, cfg.train.batch_size,
-                             cfg.pretrain.seed, ctx.device)
+        settings = LoopSettings.from_section(cfg.train, steps=steps, checkpoint_every=max(steps, 1))
+        batches = BatchMaker(
+            ctx.images, ctx.labels, ctx.process, cfg.train.batch_size, cfg.pretrain.seed, ctx.device
+        )
         objective = build_combination(base_spec)
         pairs = ctx.backbone.pair_taps(init, teacher) if objective.needs_features else None
-        result = train(init, batches=batches, settings=settings, objective=objective,
-                       teacher=LiveTeacher(teacher, pairs if objective.needs_features else None),
-                       pairs=pairs, device=ctx.device,
-                       progress=f"assistant {ta_cap.name}" if ctx.progress else None)
+        result = train(
+            init,
+            batches=batches,
+            settings=settings,
+            objective=objective,
+            teacher=LiveTeacher(teacher, pairs if objective.needs_features else None),
+            pairs=pairs,
+            device=ctx.device,
+            progress=f"assistant {ta_cap.name}" if ctx.progress else None,
+        )
         ema = result.ema
         ema.spec = init.spec
         return ema, {"capacity": ta_cap.name}

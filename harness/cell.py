@@ -43,8 +43,13 @@ def pick_device() -> torch.device:
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=5, cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -72,8 +77,9 @@ def _setup_worker(job: dict[str, Any]) -> tuple[GridConfig, Any, torch.device]:
     return cfg, tracker, pick_device()
 
 
-def _common_tags(job: dict[str, Any], kind: str, cfg: GridConfig, fid_features: str
-                 ) -> dict[str, str]:
+def _common_tags(
+    job: dict[str, Any], kind: str, cfg: GridConfig, fid_features: str
+) -> dict[str, str]:
     return {
         "kdbench.kind": kind,
         "kdbench.grid_id": job["grid_id"],
@@ -104,30 +110,53 @@ def run_teacher(job: dict[str, Any]) -> dict[str, Any]:
 
     cfg, tracker, device = _setup_worker(job)
     cap = Capacity.model_validate(job["teacher"])
-    existing = [r for r in tracker.find_runs({"kdbench.teacher_id": job["teacher_id"],
-                                              "kdbench.kind": "teacher"})
-                if r["status"] == "finished"]
+    existing = [
+        r
+        for r in tracker.find_runs(
+            {"kdbench.teacher_id": job["teacher_id"], "kdbench.kind": "teacher"}
+        )
+        if r["status"] == "finished"
+    ]
     ctx = Context.create(cfg, device, job["cache_dir"], progress=job.get("progress", True))
     start = time.perf_counter()
     teacher = ctx.teacher(cap)
     built = time.perf_counter() - start
     if existing:
-        return {"status": "finished", "teacher_id": job["teacher_id"], "run_id":
-                existing[0]["run_id"], "reused": True}
+        return {
+            "status": "finished",
+            "teacher_id": job["teacher_id"],
+            "run_id": existing[0]["run_id"],
+            "reused": True,
+        }
     ds = _dataset(cfg)
     run_id = tracker.start_run(
         f"teacher {cap.name}",
-        tags={**_common_tags(job, "teacher", cfg, describe_extractor(ds.feature_extractor)),
-              "kdbench.teacher_id": job["teacher_id"]},
-        params={"teacher": cap.name, "teacher_params": teacher.num_parameters(),
-                "teacher_spec": cap.model_dump(), "backbone": cfg.model.backbone,
-                "dataset": cfg.dataset.name, "image_size": cfg.dataset.image_size},
+        tags={
+            **_common_tags(job, "teacher", cfg, describe_extractor(ds.feature_extractor)),
+            "kdbench.teacher_id": job["teacher_id"],
+        },
+        params={
+            "teacher": cap.name,
+            "teacher_params": teacher.num_parameters(),
+            "teacher_spec": cap.model_dump(),
+            "backbone": cfg.model.backbone,
+            "dataset": cfg.dataset.name,
+            "image_size": cfg.dataset.image_size,
+        },
     )
     try:
         metrics, images = evaluate(
-            teacher, ctx.process, ctx.images, eval_cfg=cfg.eval, num_classes=ctx.num_classes,
-            seed=0, device=device, feature_extractor=ds.feature_extractor,
-            classifier=_classifier(ds), progress=False)
+            teacher,
+            ctx.process,
+            ctx.images,
+            eval_cfg=cfg.eval,
+            num_classes=ctx.num_classes,
+            seed=0,
+            device=device,
+            feature_extractor=ds.feature_extractor,
+            classifier=_classifier(ds),
+            progress=False,
+        )
         metrics["time_build_s"] = built
         tracker.log_metrics(run_id, metrics)
         with tempfile.TemporaryDirectory() as tmp:
@@ -140,8 +169,12 @@ def run_teacher(job: dict[str, Any]) -> dict[str, Any]:
         tracker.set_tags(run_id, {"kdbench.error": _one_line(exc)})
         tracker.finish(run_id, "failed")
         return {"status": "failed", "teacher_id": job["teacher_id"], "error": _one_line(exc)}
-    return {"status": "finished", "teacher_id": job["teacher_id"], "run_id": run_id,
-            "metrics": metrics}
+    return {
+        "status": "finished",
+        "teacher_id": job["teacher_id"],
+        "run_id": run_id,
+        "metrics": metrics,
+    }
 
 
 # ---------------------------------------------------------------------- cells
@@ -150,8 +183,13 @@ def run_teacher(job: dict[str, Any]) -> dict[str, Any]:
 def _dataset(cfg: GridConfig):
     from harness.factories import get_dataset
 
-    return get_dataset(cfg.dataset.name, root=cfg.dataset.root,
-                       image_size=cfg.dataset.image_size, split="train", **cfg.dataset.options)
+    return get_dataset(
+        cfg.dataset.name,
+        root=cfg.dataset.root,
+        image_size=cfg.dataset.image_size,
+        split="train",
+        **cfg.dataset.options,
+    )
 
 
 def _classifier(ds: Any):
@@ -167,8 +205,9 @@ def checkpoint_path(job: dict[str, Any]) -> Path:
     return Path(job["cache_dir"]) / "checkpoints" / f"{job['cell_id']}.safetensors"
 
 
-def _open_run(job: dict[str, Any], tracker: Any, cfg: GridConfig, fid_features: str
-              ) -> tuple[str | None, bool]:
+def _open_run(
+    job: dict[str, Any], tracker: Any, cfg: GridConfig, fid_features: str
+) -> tuple[str | None, bool]:
     """(run_id, resumed); run_id None means the cell is already done."""
     ckpt = checkpoint_path(job)
     runs = tracker.find_runs({"kdbench.cell_id": job["cell_id"], "kdbench.kind": "cell"})
@@ -183,25 +222,44 @@ def _open_run(job: dict[str, Any], tracker: Any, cfg: GridConfig, fid_features: 
     ckpt.unlink(missing_ok=True)
     spec = job["objective"]
     params = {
-        "objective": job["objective_label"], "objective_spec": spec,
-        "teacher": job["teacher_name"], "student": job["student_name"],
-        "teacher_spec": job["teacher"], "student_spec": job["student"],
-        "backbone": cfg.model.backbone, "process": cfg.model.process or "default",
-        "dataset": cfg.dataset.name, "image_size": cfg.dataset.image_size,
-        "seed": job["seed"], "steps": cfg.train.steps, "batch_size": cfg.train.batch_size,
-        "lr": cfg.train.lr, "lambda_diff": cfg.train.lambda_diff,
-        "ema_decay": cfg.train.ema_decay, "sample_steps": cfg.eval.sample_steps,
+        "objective": job["objective_label"],
+        "objective_spec": spec,
+        "teacher": job["teacher_name"],
+        "student": job["student_name"],
+        "teacher_spec": job["teacher"],
+        "student_spec": job["student"],
+        "backbone": cfg.model.backbone,
+        "process": cfg.model.process or "default",
+        "dataset": cfg.dataset.name,
+        "image_size": cfg.dataset.image_size,
+        "seed": job["seed"],
+        "steps": cfg.train.steps,
+        "batch_size": cfg.train.batch_size,
+        "lr": cfg.train.lr,
+        "lambda_diff": cfg.train.lambda_diff,
+        "ema_decay": cfg.train.ema_decay,
+        "sample_steps": cfg.eval.sample_steps,
         "num_samples": cfg.eval.num_samples,
     }
-    tags = {**_common_tags(job, "cell", cfg, fid_features), "kdbench.cell_id": job["cell_id"],
-            "kdbench.teacher_id": job["teacher_id"], "kdbench.label": job["label"]}
+    tags = {
+        **_common_tags(job, "cell", cfg, fid_features),
+        "kdbench.cell_id": job["cell_id"],
+        "kdbench.teacher_id": job["teacher_id"],
+        "kdbench.label": job["label"],
+    }
     run_id = tracker.start_run(job["label"], tags=tags, params=params)
     return run_id, False
 
 
-def _teacher_source(ctx: Any, job: dict[str, Any], source_model: torch.nn.Module,
-                    source_key: str, objective: Any, batches: Any, pairs: Any
-                    ) -> tuple[Any, str]:
+def _teacher_source(
+    ctx: Any,
+    job: dict[str, Any],
+    source_model: torch.nn.Module,
+    source_key: str,
+    objective: Any,
+    batches: Any,
+    pairs: Any,
+) -> tuple[Any, str]:
     """Cached teacher predictions when possible, else the live teacher."""
     from harness.teacher_cache import CachedTeacher, TeacherPredictionCache, cache_size_mb
     from harness.trainer import LiveTeacher, autocast_for
@@ -212,9 +270,16 @@ def _teacher_source(ctx: Any, job: dict[str, Any], source_model: torch.nn.Module
     size = cache_size_mb(cfg.train.steps, cfg.train.batch_size, tuple(ctx.images.shape[1:]))
     if objective.needs_features or size > cfg.train.teacher_cache_mb:
         return live, "live"
-    key = json.dumps({"source": source_key, "seed": job["seed"], "train": {
-        k: getattr(cfg.train, k) for k in ("steps", "batch_size", "precision")},
-        "process": cfg.model.process, "device": ctx.device.type}, sort_keys=True)
+    key = json.dumps(
+        {
+            "source": source_key,
+            "seed": job["seed"],
+            "train": {k: getattr(cfg.train, k) for k in ("steps", "batch_size", "precision")},
+            "process": cfg.model.process,
+            "device": ctx.device.type,
+        },
+        sort_keys=True,
+    )
     import hashlib
 
     folder = ctx.cache_dir / "teacher-preds" / hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -268,34 +333,62 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
         metrics: dict[str, float] = {"time_teacher_s": time_teacher}
         source, source_key = teacher, job["teacher_id"]
         if objective.needs_assistant:
-            source, info = capacity.assistant(ctx, teacher_cap, student_cap, job["objective"],
-                                              teacher)
+            source, info = capacity.assistant(
+                ctx, teacher_cap, student_cap, job["objective"], teacher
+            )
             source_key = f"assistant:{job['teacher_id']}:{info.get('capacity')}"
             metrics["time_assistant_s"] = float(info.get("build_seconds", 0.0))
-            tracker.log_params(run_id, {"assistant": info.get("capacity"),
-                                        "assistant_params": source.num_parameters()})
+            tracker.log_params(
+                run_id,
+                {"assistant": info.get("capacity"), "assistant_params": source.num_parameters()},
+            )
         if not resumed:
-            tracker.log_params(run_id, {"teacher_params": teacher.num_parameters(),
-                                        "student_params": student.num_parameters()})
+            tracker.log_params(
+                run_id,
+                {
+                    "teacher_params": teacher.num_parameters(),
+                    "student_params": student.num_parameters(),
+                },
+            )
         settings = LoopSettings.from_section(cfg.train)
-        batches = BatchMaker(ctx.images, ctx.labels, ctx.process, cfg.train.batch_size,
-                             job["seed"], device)
+        batches = BatchMaker(
+            ctx.images, ctx.labels, ctx.process, cfg.train.batch_size, job["seed"], device
+        )
         pairs = ctx.backbone.pair_taps(student, source) if objective.needs_features else None
-        teacher_source, mode = _teacher_source(ctx, job, source, source_key, objective,
-                                               batches, pairs)
+        teacher_source, mode = _teacher_source(
+            ctx, job, source, source_key, objective, batches, pairs
+        )
         tracker.set_tags(run_id, {"kdbench.teacher_mode": mode})
-        trained = train(student, batches=batches, settings=settings, objective=objective,
-                        teacher=teacher_source, pairs=pairs, checkpoint=checkpoint_path(job),
-                        log=_step_logger(tracker, run_id, settings),
-                        device=device,
-                        progress=job["label"] if job.get("progress", True) else None)
+        trained = train(
+            student,
+            batches=batches,
+            settings=settings,
+            objective=objective,
+            teacher=teacher_source,
+            pairs=pairs,
+            checkpoint=checkpoint_path(job),
+            log=_step_logger(tracker, run_id, settings),
+            device=device,
+            progress=job["label"] if job.get("progress", True) else None,
+        )
         tracker.flush()
-        metrics.update(iter_per_s=trained.iter_per_s, peak_mem_mb=trained.peak_mem_mb,
-                       time_train_s=trained.time_train_s, teacher_share=trained.teacher_share)
+        metrics.update(
+            iter_per_s=trained.iter_per_s,
+            peak_mem_mb=trained.peak_mem_mb,
+            time_train_s=trained.time_train_s,
+            teacher_share=trained.teacher_share,
+        )
         scores, images = evaluate(
-            trained.ema, ctx.process, ctx.images, eval_cfg=cfg.eval,
-            num_classes=ctx.num_classes, seed=job["seed"], device=device,
-            feature_extractor=ds.feature_extractor, classifier=_classifier(ds))
+            trained.ema,
+            ctx.process,
+            ctx.images,
+            eval_cfg=cfg.eval,
+            num_classes=ctx.num_classes,
+            seed=job["seed"],
+            device=device,
+            feature_extractor=ds.feature_extractor,
+            classifier=_classifier(ds),
+        )
         metrics.update(scores)
         tracker.log_metrics(run_id, metrics)
         with tempfile.TemporaryDirectory() as tmp:
@@ -310,8 +403,7 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
         result.update(status="finished", metrics=metrics)
     except DivergedError as exc:
         # The last terms (the step that diverged) join the history; NaN/inf log as NaN.
-        tracker.log_metrics(run_id, {f"train/{k}": v for k, v in exc.terms.items()},
-                            step=exc.step)
+        tracker.log_metrics(run_id, {f"train/{k}": v for k, v in exc.terms.items()}, step=exc.step)
         tracker.log_metrics(run_id, {"diverged_step": exc.step})
         tracker.set_tags(run_id, {"kdbench.diverged_reason": exc.reason[:250]})
         tracker.finish(run_id, "diverged")

@@ -30,8 +30,10 @@ class _Group(click.Group):
             click.echo(f"kdbench: error: {exc}", err=True)
             ctx.exit(2)
         except KeyboardInterrupt:
-            click.echo("kdbench: interrupted; finished cells are recorded, a re-run resumes "
-                       "the rest", err=True)
+            click.echo(
+                "kdbench: interrupted; finished cells are recorded, a re-run resumes the rest",
+                err=True,
+            )
             ctx.exit(130)
 
 
@@ -45,8 +47,10 @@ def cli(ctx: click.Context, debug: bool) -> None:
     # Offline first: no usage telemetry from MLflow unless the user asks for it.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     ctx.obj = {"debug": debug}
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
-                        format="kdbench: %(levelname)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="kdbench: %(levelname)s: %(message)s",
+    )
     if not debug:
         from diffusers.utils import logging as diffusers_logging
 
@@ -61,17 +65,29 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 @cli.command()
 @click.argument("config", type=click.Path(path_type=Path))
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a config key, e.g. --set train.steps=100 (repeatable).")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config key, e.g. --set train.steps=100 (repeatable).",
+)
 @click.option("--dry-run", is_flag=True, help="Validate and print the cells; run nothing.")
 @click.option("--rerun", is_flag=True, help="Run cells again even if finished in MLflow.")
 @click.option("--tracking-uri", default=None, help="MLflow tracking URI (default: local SQLite).")
 @click.option("--cache-dir", default=None, help="Where teachers and checkpoints are cached.")
 @click.option("--no-leaderboard", is_flag=True, help="Do not print leaderboards at the end.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def run(config: Path, overrides: tuple[str, ...], dry_run: bool, rerun: bool,
-        tracking_uri: str | None, cache_dir: str | None, no_leaderboard: bool,
-        quiet: bool) -> None:
+def run(
+    config: Path,
+    overrides: tuple[str, ...],
+    dry_run: bool,
+    rerun: bool,
+    tracking_uri: str | None,
+    cache_dir: str | None,
+    no_leaderboard: bool,
+    quiet: bool,
+) -> None:
     """Run the grid in CONFIG (a TOML file)."""
     from harness.config import expand, experiment_name, grid_id, load_config
 
@@ -81,25 +97,33 @@ def run(config: Path, overrides: tuple[str, ...], dry_run: bool, rerun: bool,
         from harness.factories import get_dataset
         from harness.grid import preflight
 
-        ds = get_dataset(cfg.dataset.name, root=cfg.dataset.root,
-                         image_size=cfg.dataset.image_size, split="train",
-                         **cfg.dataset.options)
+        ds = get_dataset(
+            cfg.dataset.name,
+            root=cfg.dataset.root,
+            image_size=cfg.dataset.image_size,
+            split="train",
+            **cfg.dataset.options,
+        )
         preflight(cfg, ds.channels)
-        click.echo(f"grid {cfg.grid.name} ({grid_id(cfg)}): {len(cells)} cells, "
-                   f"{len(cfg.teachers)} teachers x {len(cfg.students)} students x "
-                   f"{len(cfg.objectives)} objectives x {len(cfg.grid.seeds)} seeds")
+        click.echo(
+            f"grid {cfg.grid.name} ({grid_id(cfg)}): {len(cells)} cells, "
+            f"{len(cfg.teachers)} teachers x {len(cfg.students)} students x "
+            f"{len(cfg.objectives)} objectives x {len(cfg.grid.seeds)} seeds"
+        )
         for cell in cells:
             click.echo(f"  {cell['cell_id']}  {cell['label']}")
         return
     from harness.grid import run_grid
     from harness.tracking import mask_uri
 
-    result = run_grid(cfg, tracking_uri=tracking_uri, rerun=rerun, cache_dir=cache_dir,
-                      progress=not quiet)
+    result = run_grid(
+        cfg, tracking_uri=tracking_uri, rerun=rerun, cache_dir=cache_dir, progress=not quiet
+    )
     click.echo(
         f"grid {cfg.grid.name} ({result.grid_id}): {result.count('finished')} finished, "
         f"{result.count('diverged')} diverged, {result.count('failed')} failed, "
-        f"{len(result.skipped)} already done")
+        f"{len(result.skipped)} already done"
+    )
     for r in result.results + result.teacher_results:
         if r.get("status") == "failed":
             click.echo(f"  failed: {r.get('cell_id')}: {r.get('error', '')}", err=True)
@@ -107,11 +131,20 @@ def run(config: Path, overrides: tuple[str, ...], dry_run: bool, rerun: bool,
         from leaderboards import report
 
         plots = Path("kdbench-out") / "plots" / cfg.grid.name
-        click.echo(report(result.tracking_uri, experiments=[experiment_name(cfg)],
-                          grid_ids=[result.grid_id], fmt="text", plot_dir=plots))
+        click.echo(
+            report(
+                result.tracking_uri,
+                experiments=[experiment_name(cfg)],
+                grid_ids=[result.grid_id],
+                fmt="text",
+                plot_dir=plots,
+            )
+        )
         click.echo(f"plots: {plots.resolve()}")
-    click.echo(f"MLflow store: {mask_uri(result.tracking_uri)} "
-               f"(experiment {experiment_name(cfg)}; `kdbench ui` to browse)")
+    click.echo(
+        f"MLflow store: {mask_uri(result.tracking_uri)} "
+        f"(experiment {experiment_name(cfg)}; `kdbench ui` to browse)"
+    )
     if result.count("failed"):
         sys.exit(1)
 
@@ -129,16 +162,26 @@ def plugins(as_json: bool) -> None:
     for kind in registry.KINDS:
         for name, entry in sorted(registry.entries(kind).items()):
             p = entry.provenance
-            rows.append({"kind": kind, "name": name, "distribution": p.distribution,
-                         "version": p.version, "module": p.module, "summary": entry.summary})
+            rows.append(
+                {
+                    "kind": kind,
+                    "name": name,
+                    "distribution": p.distribution,
+                    "version": p.version,
+                    "module": p.module,
+                    "summary": entry.summary,
+                }
+            )
     failures = [{"plugin": f.plugin, "error": f.error} for f in registry.failures()]
     if as_json:
         click.echo(json.dumps({"plugins": rows, "failures": failures}, indent=2))
         return
     from tabulate import tabulate
 
-    table = [[r["kind"], r["name"], f"{r['distribution']} {r['version']}", r["summary"][:60]]
-             for r in rows]
+    table = [
+        [r["kind"], r["name"], f"{r['distribution']} {r['version']}", r["summary"][:60]]
+        for r in rows
+    ]
     click.echo(tabulate(table, headers=["kind", "name", "provided by", "summary"]))
     for f in failures:
         click.echo(f"failed to load plugin {f['plugin']}: {f['error']}", err=True)
@@ -164,8 +207,11 @@ def models(backbone: str | None, image_size: int, channels: int, num_classes: in
         registry.lookup("backbone", name)
         rows = preset_table(name, image_size, channels=channels, num_classes=num_classes)
         click.echo(f"{name} (image {image_size}x{image_size}, {channels} channel(s)):")
-        click.echo(tabulate([[r["name"], f"{r['params']:,}"] for r in rows],
-                            headers=["preset", "parameters"]))
+        click.echo(
+            tabulate(
+                [[r["name"], f"{r['params']:,}"] for r in rows], headers=["preset", "parameters"]
+            )
+        )
         click.echo()
 
 
@@ -175,27 +221,50 @@ def models(backbone: str | None, image_size: int, channels: int, num_classes: in
 @cli.command()
 @click.option("--experiment", "experiments", multiple=True, help="MLflow experiment name(s).")
 @click.option("--grid", "grids", multiple=True, help="Grid id(s).")
-@click.option("--format", "fmt", type=click.Choice(["text", "md", "csv", "html"]),
-              default="text", show_default=True)
-@click.option("--metric", default="fid", show_default=True,
-              type=click.Choice(["fid", "kid_mean", "isc_mean", "precision", "recall",
-                                 "class_acc"]))
-@click.option("--plot", "plot_dir", type=click.Path(path_type=Path), default=None,
-              help="Write plots (PNG) into this folder.")
-@click.option("--compare", nargs=2, default=None, metavar="GRID_A GRID_B",
-              help="Compare two grids (ids or experiment names).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "md", "csv", "html"]),
+    default="text",
+    show_default=True,
+)
+@click.option(
+    "--metric",
+    default="fid",
+    show_default=True,
+    type=click.Choice(["fid", "kid_mean", "isc_mean", "precision", "recall", "class_acc"]),
+)
+@click.option(
+    "--plot",
+    "plot_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write plots (PNG) into this folder.",
+)
+@click.option(
+    "--compare",
+    nargs=2,
+    default=None,
+    metavar="GRID_A GRID_B",
+    help="Compare two grids (ids or experiment names).",
+)
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=None)
 @click.option("--tracking-uri", default=None)
-def leaderboard(experiments, grids, fmt, metric, plot_dir, compare, output,
-                tracking_uri) -> None:
+def leaderboard(experiments, grids, fmt, metric, plot_dir, compare, output, tracking_uri) -> None:
     """Render leaderboards from the MLflow runs."""
     import leaderboards
     from harness.tracking import resolve_uri
 
     uri = resolve_uri(tracking_uri, ".")
-    text = leaderboards.report(uri, experiments=list(experiments) or None,
-                               grid_ids=list(grids) or None, fmt=fmt, plot_dir=plot_dir,
-                               metric=metric, compare_ids=tuple(compare) if compare else None)
+    text = leaderboards.report(
+        uri,
+        experiments=list(experiments) or None,
+        grid_ids=list(grids) or None,
+        fmt=fmt,
+        plot_dir=plot_dir,
+        metric=metric,
+        compare_ids=tuple(compare) if compare else None,
+    )
     if output:
         output.write_text(text)
         click.echo(f"wrote {output}")
@@ -210,10 +279,16 @@ def leaderboard(experiments, grids, fmt, metric, plot_dir, compare, output,
 @click.argument("config", type=click.Path(path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
 @click.option("--cache-dir", default=None)
-@click.option("--export", "export_dir", type=click.Path(path_type=Path), default=None,
-              help="Also copy the built models here (a folder for `cache.shipped`).")
-def teachers(config: Path, overrides: tuple[str, ...], cache_dir: str | None,
-             export_dir: Path | None) -> None:
+@click.option(
+    "--export",
+    "export_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also copy the built models here (a folder for `cache.shipped`).",
+)
+def teachers(
+    config: Path, overrides: tuple[str, ...], cache_dir: str | None, export_dir: Path | None
+) -> None:
     """Build (pretrain, prune, fine-tune) and cache the grid's teachers and assistants.
 
     With --export, the models are also written to a folder that a grid names as
@@ -241,9 +316,11 @@ def teachers(config: Path, overrides: tuple[str, ...], cache_dir: str | None,
         for t_cap in cfg.teachers:
             for s_cap in cfg.students:
                 model, info = capacity.assistant(ctx, t_cap, s_cap, spec, ctx.teacher(t_cap))
-                click.echo(f"assistant {info.get('capacity')} for {t_cap.name} -> {s_cap.name} "
-                           f"({'+'.join(p['name'] for p in spec)}): "
-                           f"{model.num_parameters():,} parameters")
+                click.echo(
+                    f"assistant {info.get('capacity')} for {t_cap.name} -> {s_cap.name} "
+                    f"({'+'.join(p['name'] for p in spec)}): "
+                    f"{model.num_parameters():,} parameters"
+                )
     click.echo(f"cache: {ctx.cache_dir}")
     if export_dir is not None:
         written = ctx.export(export_dir)
@@ -251,8 +328,12 @@ def teachers(config: Path, overrides: tuple[str, ...], cache_dir: str | None,
 
 
 @cli.command("train-classifier")
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Where to write the weights (default: the shipped file).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where to write the weights (default: the shipped file).",
+)
 @click.option("--seed", default=0, show_default=True)
 def train_classifier_cmd(out: Path | None, seed: int) -> None:
     """Retrain the digit classifier that the embedded default's metrics use."""
@@ -267,8 +348,12 @@ def train_classifier_cmd(out: Path | None, seed: int) -> None:
 
 
 @cli.command()
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Interface to bind; the default keeps the UI private to this machine.")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to bind; the default keeps the UI private to this machine.",
+)
 @click.option("--port", default=5000, show_default=True)
 @click.option("--tracking-uri", default=None)
 def ui(host: str, port: int, tracking_uri: str | None) -> None:
@@ -279,8 +364,18 @@ def ui(host: str, port: int, tracking_uri: str | None) -> None:
 
     uri = resolve_uri(tracking_uri, ".")
     click.echo(f"MLflow UI for {mask_uri(uri)} at http://{host}:{port}")
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-           "--host", host, "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
     raise SystemExit(subprocess.call(cmd))
 
 

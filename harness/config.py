@@ -223,8 +223,9 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     return cfg
 
 
-def config_from_dict(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = (),
-                     source: str = "<grid>") -> GridConfig:
+def config_from_dict(
+    data: dict[str, Any], overrides: list[str] | tuple[str, ...] = (), source: str = "<grid>"
+) -> GridConfig:
     data = copy.deepcopy(data)
     for assignment in overrides:
         apply_override(data, assignment)
@@ -239,8 +240,9 @@ def config_from_dict(data: dict[str, Any], overrides: list[str] | tuple[str, ...
 # ---------------------------------------------------------------- objectives
 
 
-def objective_spec(entry: str | dict[str, Any], defaults: dict[str, dict[str, Any]]
-                   ) -> list[dict[str, Any]]:
+def objective_spec(
+    entry: str | dict[str, Any], defaults: dict[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
     """An ``objectives`` entry -> list of {name, weight, **options} (defaults filled in).
 
     Entries: ``"place+featkd"`` (each part takes ``[objective.NAME]`` defaults), or a table
@@ -311,9 +313,13 @@ def validate_plugins(cfg: GridConfig, source: str = "<grid>") -> None:
     for section in ("teachers", "students"):
         for i, cap in enumerate(getattr(cfg, section)):
             if cap.preset is not None and cap.preset not in presets:
-                fail(f"{section}[{i}].preset", KDBenchError(
-                    f"unknown preset {cap.preset!r} of backbone {cfg.model.backbone!r}"
-                    f"{did_you_mean(cap.preset, presets)}; valid: {', '.join(presets)}"))
+                fail(
+                    f"{section}[{i}].preset",
+                    KDBenchError(
+                        f"unknown preset {cap.preset!r} of backbone {cfg.model.backbone!r}"
+                        f"{did_you_mean(cap.preset, presets)}; valid: {', '.join(presets)}"
+                    ),
+                )
             if cap.prune is not None:
                 needs_base = True
             if cap.preset is not None:
@@ -322,13 +328,21 @@ def validate_plugins(cfg: GridConfig, source: str = "<grid>") -> None:
                 except KDBenchError as exc:
                     fail(f"{section}[{i}].preset", exc)
     if needs_base and cfg.model.base is None and cfg.model.base_pretrained is None:
-        fail("model.base", KDBenchError(
-            "pruning ratios need a base model: set model.base (a preset) or model.base_pretrained"))
+        fail(
+            "model.base",
+            KDBenchError(
+                "pruning ratios need a base model: set model.base (a preset) or model.base_pretrained"
+            ),
+        )
     if cfg.model.base is not None:
         if cfg.model.base not in presets:
-            fail("model.base", KDBenchError(
-                f"unknown preset {cfg.model.base!r}{did_you_mean(cfg.model.base, presets)}; "
-                f"valid: {', '.join(presets)}"))
+            fail(
+                "model.base",
+                KDBenchError(
+                    f"unknown preset {cfg.model.base!r}{did_you_mean(cfg.model.base, presets)}; "
+                    f"valid: {', '.join(presets)}"
+                ),
+            )
         try:
             backbone.check_image_size(cfg.dataset.image_size, cfg.model.base)
         except KDBenchError as exc:
@@ -418,22 +432,25 @@ def expand(cfg: GridConfig) -> list[dict[str, Any]]:
                         "objective": spec,
                         "seed": seed,
                     }
-                    cells.append({
-                        "cell_id": _hash(identity),
-                        "label": f"{spec_label(spec)} | {teacher.name} -> {student.name} | s{seed}",
-                        "objective_label": spec_label(spec),
-                        "objective": spec,
-                        "teacher": teacher.model_dump(),
-                        "teacher_name": teacher.name,
-                        "teacher_id": _hash(teacher_key(cfg, teacher)),
-                        "student": student.model_dump(),
-                        "student_name": student.name,
-                        "seed": seed,
-                    })
+                    cells.append(
+                        {
+                            "cell_id": _hash(identity),
+                            "label": f"{spec_label(spec)} | {teacher.name} -> {student.name} | s{seed}",
+                            "objective_label": spec_label(spec),
+                            "objective": spec,
+                            "teacher": teacher.model_dump(),
+                            "teacher_name": teacher.name,
+                            "teacher_id": _hash(teacher_key(cfg, teacher)),
+                            "student": student.model_dump(),
+                            "student_name": student.name,
+                            "seed": seed,
+                        }
+                    )
     ids = [c["cell_id"] for c in cells]
     if len(set(ids)) != len(ids):
-        raise ConfigError("the grid lists the same cell twice (duplicate teacher, student, "
-                          "objective or seed)")
+        raise ConfigError(
+            "the grid lists the same cell twice (duplicate teacher, student, objective or seed)"
+        )
     return cells
 
 

@@ -22,8 +22,9 @@ class ImageDataset(Dataset):
     channels: int = 3
     image_size: int = 32
 
-    def __init__(self, *, root: str | None = None, image_size: int = 32, split: str = "train",
-                 **options: Any):
+    def __init__(
+        self, *, root: str | None = None, image_size: int = 32, split: str = "train", **options: Any
+    ):
         self.root = root
         self.image_size = image_size
         self.split = split

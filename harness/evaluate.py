@@ -18,18 +18,31 @@ from torch import Tensor, nn
 
 
 @torch.no_grad()
-def generate(model: nn.Module, process: Any, *, num: int, shape: tuple[int, ...],
-             num_classes: int, steps: int, batch_size: int, seed: int,
-             device: torch.device, progress: bool = False) -> tuple[Tensor, Tensor | None]:
+def generate(
+    model: nn.Module,
+    process: Any,
+    *,
+    num: int,
+    shape: tuple[int, ...],
+    num_classes: int,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    progress: bool = False,
+) -> tuple[Tensor, Tensor | None]:
     model.eval()
     labels = torch.arange(num) % num_classes if num_classes else None
     generator = torch.Generator().manual_seed(10_007 * (seed + 1))
     chunks = []
     for start in range(0, num, batch_size):
         n = min(batch_size, num - start)
-        cond = None if labels is None else labels[start:start + n].to(device)
-        chunks.append(process.sample(model, (n, *shape), cond, steps, generator, device,
-                                     progress=progress).cpu())
+        cond = None if labels is None else labels[start : start + n].to(device)
+        chunks.append(
+            process.sample(
+                model, (n, *shape), cond, steps, generator, device, progress=progress
+            ).cpu()
+        )
     return torch.cat(chunks), labels
 
 
@@ -41,25 +54,46 @@ def save_grid(images: Tensor, path: Path, nrow: int = 10) -> Path:
     return path
 
 
-def evaluate(model: nn.Module, process: Any, reference: Tensor, *, eval_cfg: Any,
-             num_classes: int, seed: int, device: torch.device, feature_extractor: str,
-             classifier: nn.Module | None = None, progress: bool = False
-             ) -> tuple[dict[str, float], Tensor]:
+def evaluate(
+    model: nn.Module,
+    process: Any,
+    reference: Tensor,
+    *,
+    eval_cfg: Any,
+    num_classes: int,
+    seed: int,
+    device: torch.device,
+    feature_extractor: str,
+    classifier: nn.Module | None = None,
+    progress: bool = False,
+) -> tuple[dict[str, float], Tensor]:
     from harness.metrics import class_accuracy, compute_metrics
 
     start = time.perf_counter()
-    images, labels = generate(model, process, num=eval_cfg.num_samples,
-                              shape=tuple(reference.shape[1:]), num_classes=num_classes,
-                              steps=eval_cfg.sample_steps, batch_size=eval_cfg.batch_size,
-                              seed=seed, device=device, progress=progress)
+    images, labels = generate(
+        model,
+        process,
+        num=eval_cfg.num_samples,
+        shape=tuple(reference.shape[1:]),
+        num_classes=num_classes,
+        steps=eval_cfg.sample_steps,
+        batch_size=eval_cfg.batch_size,
+        seed=seed,
+        device=device,
+        progress=progress,
+    )
     t_sample = time.perf_counter() - start
     start = time.perf_counter()
     if not torch.isfinite(images).all():
         raise FloatingPointError("samples contain NaN/inf")
-    metrics = compute_metrics(images, reference, feature_extractor=feature_extractor,
-                              metrics=tuple(eval_cfg.metrics),
-                              weights_path=eval_cfg.inception_weights,
-                              device=str(device))
+    metrics = compute_metrics(
+        images,
+        reference,
+        feature_extractor=feature_extractor,
+        metrics=tuple(eval_cfg.metrics),
+        weights_path=eval_cfg.inception_weights,
+        device=str(device),
+    )
     if classifier is not None and labels is not None:
         metrics["class_acc"] = class_accuracy(classifier, images, labels)
     metrics["time_sample_s"] = t_sample

@@ -18,8 +18,9 @@ class Executor:
     def __init__(self, **options: Any):
         self.options = options
 
-    def run(self, cells: list[dict[str, Any]], work: Callable[[dict[str, Any]], dict[str, Any]]
-            ) -> list[dict[str, Any]]:
+    def run(
+        self, cells: list[dict[str, Any]], work: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> list[dict[str, Any]]:
         raise NotImplementedError
 
 

@@ -37,29 +37,48 @@ class GridRun:
         return sum(1 for r in self.results if r.get("status") == status)
 
 
-def _jobs(cfg: GridConfig, context: dict[str, Any], cells: list[dict[str, Any]]
-          ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _jobs(
+    cfg: GridConfig, context: dict[str, Any], cells: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     teachers: dict[str, dict[str, Any]] = {}
     for cell in cells:
-        teachers.setdefault(cell["teacher_id"], {
-            **context, "kind": "teacher", "cell_id": f"teacher-{cell['teacher_id']}",
-            "label": f"teacher {cell['teacher_name']}", "teacher": cell["teacher"],
-            "teacher_id": cell["teacher_id"]})
+        teachers.setdefault(
+            cell["teacher_id"],
+            {
+                **context,
+                "kind": "teacher",
+                "cell_id": f"teacher-{cell['teacher_id']}",
+                "label": f"teacher {cell['teacher_name']}",
+                "teacher": cell["teacher"],
+                "teacher_id": cell["teacher_id"],
+            },
+        )
     cell_jobs = [{**context, "kind": "cell", **cell} for cell in cells]
     return list(teachers.values()), cell_jobs
 
 
-def run_grid(cfg: GridConfig, *, tracking_uri: str | None = None, rerun: bool = False,
-             cache_dir: str | None = None, progress: bool = True,
-             workdir: str | Path = ".") -> GridRun:
+def run_grid(
+    cfg: GridConfig,
+    *,
+    tracking_uri: str | None = None,
+    rerun: bool = False,
+    cache_dir: str | None = None,
+    progress: bool = True,
+    workdir: str | Path = ".",
+) -> GridRun:
     from harness.capacity import default_cache_dir
     from harness.cell import git_commit, run_job
     from harness.factories import get_dataset, get_executor
     from harness.metrics import check_metric_available
     from harness.tracking import Tracker, mask_uri, resolve_uri
 
-    ds = get_dataset(cfg.dataset.name, root=cfg.dataset.root, image_size=cfg.dataset.image_size,
-                     split="train", **cfg.dataset.options)
+    ds = get_dataset(
+        cfg.dataset.name,
+        root=cfg.dataset.root,
+        image_size=cfg.dataset.image_size,
+        split="train",
+        **cfg.dataset.options,
+    )
     check_metric_available(ds.feature_extractor, cfg.eval.inception_weights)
     preflight(cfg, ds.channels)
     executor = get_executor(cfg.executor.name, **cfg.executor.options)
@@ -79,10 +98,14 @@ def run_grid(cfg: GridConfig, *, tracking_uri: str | None = None, rerun: bool = 
     if config["tracking"]["uri"]:  # workers get ``uri``; the logged config.json no password
         config["tracking"]["uri"] = mask_uri(config["tracking"]["uri"])
     context = {
-        "config": config, "tracking_uri": uri,
-        "experiment_id": tracker.experiment_id, "grid_id": gid, "rerun": rerun,
+        "config": config,
+        "tracking_uri": uri,
+        "experiment_id": tracker.experiment_id,
+        "grid_id": gid,
+        "rerun": rerun,
         "cache_dir": str(Path(cache_dir or cfg.cache.dir or default_cache_dir()).expanduser()),
-        "progress": progress, "git_commit": git_commit(),
+        "progress": progress,
+        "git_commit": git_commit(),
     }
     teacher_jobs, cell_jobs = _jobs(cfg, context, cells)
     for stage, jobs in (("teacher", teacher_jobs), ("cell", cell_jobs)):
@@ -124,9 +147,12 @@ def preflight(cfg: GridConfig, channels: int) -> None:
     from harness.factories import get_backbone
     from harness.objective import Outputs, build_combination
 
-    sources = [(f"{section}[{i}].pretrained", cap.pretrained)
-               for section in ("teachers", "students")
-               for i, cap in enumerate(getattr(cfg, section)) if cap.pretrained is not None]
+    sources = [
+        (f"{section}[{i}].pretrained", cap.pretrained)
+        for section in ("teachers", "students")
+        for i, cap in enumerate(getattr(cfg, section))
+        if cap.pretrained is not None
+    ]
     if cfg.model.base_pretrained is not None:
         sources.append(("model.base_pretrained", cfg.model.base_pretrained))
     for key, source in sources:
@@ -171,8 +197,9 @@ def _quiet_diffusers() -> Iterator[None]:
         dlog.set_verbosity(level)
 
 
-def _close_orphaned_runs(tracker: Any, stage: str, jobs: list[dict[str, Any]],
-                         results: list[dict[str, Any]]) -> None:
+def _close_orphaned_runs(
+    tracker: Any, stage: str, jobs: list[dict[str, Any]], results: list[dict[str, Any]]
+) -> None:
     """A worker killed by a signal, OOM or Ctrl-C can leave its run RUNNING: close it.
 
     Dead workers' runs become ``failed``, interrupted ones ``killed``; their checkpoints
@@ -187,6 +214,7 @@ def _close_orphaned_runs(tracker: Any, stage: str, jobs: list[dict[str, Any]],
         for r in tracker.find_runs({id_tag: key, "kdbench.kind": stage}):
             if r["status"] == "running":
                 if status == "failed":
-                    tracker.set_tags(r["run_id"],
-                                     {"kdbench.error": result.get("error", "worker died")})
+                    tracker.set_tags(
+                        r["run_id"], {"kdbench.error": result.get("error", "worker died")}
+                    )
                 tracker.finish(r["run_id"], status)

@@ -219,9 +219,7 @@ def lookup(kind: str, name: str) -> type:
     valid = ", ".join(sorted(table)) or "none are installed"
     broken = [f.plugin for f in failures()]
     note = f"; plugins that failed to load: {', '.join(broken)}" if broken else ""
-    raise PluginError(
-        f"unknown {kind} {name!r}{did_you_mean(name, table)}; valid: {valid}{note}"
-    )
+    raise PluginError(f"unknown {kind} {name!r}{did_you_mean(name, table)}; valid: {valid}{note}")
 
 
 def import_module(path: str):

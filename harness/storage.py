@@ -53,8 +53,11 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
-                 metadata: dict[str, str] | None = None) -> None:
+def save_tensors(
+    path: str | os.PathLike,
+    tensors: dict[str, torch.Tensor],
+    metadata: dict[str, str] | None = None,
+) -> None:
     """Write tensors atomically with a SHA-256 sidecar."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,8 +89,9 @@ def verify(path: str | os.PathLike) -> None:
         raise CheckpointError(f"{path}: corrupt (sha256 {actual[:12]} != recorded {expected[:12]})")
 
 
-def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu",
-                 check: bool = True) -> dict[str, torch.Tensor]:
+def load_tensors(
+    path: str | os.PathLike, device: str | torch.device = "cpu", check: bool = True
+) -> dict[str, torch.Tensor]:
     if check:
         verify(path)
     try:

@@ -44,8 +44,9 @@ class TeacherPredictionCache:
     def complete(self) -> bool:
         return (self.folder / "COMPLETE").exists()
 
-    def build(self, teacher: LiveTeacher, batches: BatchMaker, progress: str | None = None
-              ) -> float:
+    def build(
+        self, teacher: LiveTeacher, batches: BatchMaker, progress: str | None = None
+    ) -> float:
         """Run the teacher over every step once; returns the seconds it took."""
         from tqdm.auto import tqdm
 
@@ -54,8 +55,7 @@ class TeacherPredictionCache:
             if self.complete():
                 return 0.0
             start = time.perf_counter()
-            bar = tqdm(total=self.num_chunks, desc=progress, leave=False,
-                       disable=progress is None)
+            bar = tqdm(total=self.num_chunks, desc=progress, leave=False, disable=progress is None)
             for index in range(self.num_chunks):
                 path = self._chunk_path(index)
                 if path.exists():

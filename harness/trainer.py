@@ -75,8 +75,11 @@ class StepRandomness:
     def indices(self, step: int) -> Tensor:
         pos = step * self.b + torch.arange(self.b)
         epochs, offsets = pos // self.n, pos % self.n
-        return torch.stack([self._perm(int(e))[int(o)] for e, o in zip(epochs, offsets)]) \
-            if epochs.unique().numel() > 1 else self._perm(int(epochs[0]))[offsets]
+        return (
+            torch.stack([self._perm(int(e))[int(o)] for e, o in zip(epochs, offsets)])
+            if epochs.unique().numel() > 1
+            else self._perm(int(epochs[0]))[offsets]
+        )
 
     def noise(self, step: int, shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
         g = torch.Generator().manual_seed((self.seed + 1) * 2_147_483_647 + step)
@@ -95,8 +98,15 @@ class Batch:
 class BatchMaker:
     """Builds the training batch of a step from in-memory data (same for every objective)."""
 
-    def __init__(self, images: Tensor, labels: Tensor | None, process: Any, batch_size: int,
-                 seed: int, device: torch.device):
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor | None,
+        process: Any,
+        batch_size: int,
+        seed: int,
+        device: torch.device,
+    ):
         self.images, self.labels, self.process = images, labels, process
         self.rand = StepRandomness(len(images), batch_size, seed)
         self.device = device
@@ -108,8 +118,9 @@ class BatchMaker:
         x_t, t, target = self.process.training_example(x0, noise, u)
         cond = self.labels[idx] if self.labels is not None else None
         dev = self.device
-        return Batch(step, x_t.to(dev), t.to(dev), None if cond is None else cond.to(dev),
-                     target.to(dev))
+        return Batch(
+            step, x_t.to(dev), t.to(dev), None if cond is None else cond.to(dev), target.to(dev)
+        )
 
 
 class TeacherSource:
@@ -124,8 +135,12 @@ class TeacherSource:
 class LiveTeacher(TeacherSource):
     """A frozen teacher in eval mode under no_grad, with paired feature taps if needed."""
 
-    def __init__(self, model: nn.Module, pairs: dict[str, str] | None = None,
-                 autocast: Callable[[], Any] = contextlib.nullcontext):
+    def __init__(
+        self,
+        model: nn.Module,
+        pairs: dict[str, str] | None = None,
+        autocast: Callable[[], Any] = contextlib.nullcontext,
+    ):
         from harness.features import FeatureRecorder
 
         self.model = model.eval().requires_grad_(False)
@@ -211,9 +226,15 @@ def _unflatten_optimizer(tensors: dict[str, Tensor], meta: dict[str, Any]) -> di
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(path: Path, step: int, model: nn.Module, ema: nn.Module,
-                    objective: nn.Module | None, optimizer: torch.optim.Optimizer,
-                    extra: dict[str, Any]) -> None:
+def save_checkpoint(
+    path: Path,
+    step: int,
+    model: nn.Module,
+    ema: nn.Module,
+    objective: nn.Module | None,
+    optimizer: torch.optim.Optimizer,
+    extra: dict[str, Any],
+) -> None:
     import json
 
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
@@ -226,14 +247,20 @@ def save_checkpoint(path: Path, step: int, model: nn.Module, ema: nn.Module,
     save_tensors(path, tensors, metadata=meta)
 
 
-def load_checkpoint(path: Path, model: nn.Module, ema: nn.Module, objective: nn.Module | None,
-                    optimizer: torch.optim.Optimizer, device: torch.device
-                    ) -> tuple[int, dict[str, Any]]:
+def load_checkpoint(
+    path: Path,
+    model: nn.Module,
+    ema: nn.Module,
+    objective: nn.Module | None,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+) -> tuple[int, dict[str, Any]]:
     import json
 
     tensors = load_tensors(path, device=device)
     meta = read_metadata(path)
     try:
+
         def part(prefix: str) -> dict[str, Tensor]:
             n = len(prefix)
             return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix)}
@@ -244,8 +271,9 @@ def load_checkpoint(path: Path, model: nn.Module, ema: nn.Module, objective: nn.
             objective.load_state_dict(part("objective."))
         optimizer.load_state_dict(_unflatten_optimizer(tensors, json.loads(meta["optimizer"])))
     except (RuntimeError, KeyError, ValueError) as exc:
-        raise CheckpointError(f"{path}: does not fit this model ({str(exc).splitlines()[0]})"
-                              ) from None
+        raise CheckpointError(
+            f"{path}: does not fit this model ({str(exc).splitlines()[0]})"
+        ) from None
     return int(meta["step"]), json.loads(meta.get("extra", "{}"))
 
 
@@ -314,19 +342,27 @@ def train(
             objective.setup(forward_student(first), teacher(first))
         teacher.seconds = 0.0
     params = list(model.parameters()) + (list(objective.parameters()) if kd else [])
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, betas=tuple(settings.betas),
-                                  weight_decay=settings.weight_decay)
+    optimizer = torch.optim.AdamW(
+        params, lr=settings.lr, betas=tuple(settings.betas), weight_decay=settings.weight_decay
+    )
     ema = make_ema(model, settings.ema_decay)
     start_step, extra = 0, {}
     if checkpoint is not None and checkpoint.exists():
-        start_step, extra = load_checkpoint(checkpoint, model, ema, objective if kd else None,
-                                            optimizer, device)
+        start_step, extra = load_checkpoint(
+            checkpoint, model, ema, objective if kd else None, optimizer, device
+        )
     monitor = DivergenceMonitor(settings.diverge_factor, extra.get("loss_reference"))
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=settings.steps, initial=start_step, desc=progress, leave=False,
-               disable=progress is None or not sys.stderr.isatty(), dynamic_ncols=True)
+    bar = tqdm(
+        total=settings.steps,
+        initial=start_step,
+        desc=progress,
+        leave=False,
+        disable=progress is None or not sys.stderr.isatty(),
+        dynamic_ncols=True,
+    )
     warmup_skip = min(5, max(0, settings.steps - start_step - 1))
     timed_from: float | None = None
     timed_steps = 0
@@ -339,8 +375,11 @@ def train(
                 _sync(device)
                 timed_from = time.perf_counter()
                 teacher_seconds_at_timing = teacher.seconds if teacher else 0.0
-            lr = settings.lr * min(1.0, (step + 1) / settings.warmup_steps) \
-                if settings.warmup_steps else settings.lr
+            lr = (
+                settings.lr * min(1.0, (step + 1) / settings.warmup_steps)
+                if settings.warmup_steps
+                else settings.lr
+            )
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batch = batches(step)
@@ -350,8 +389,9 @@ def train(
             loss = settings.lambda_diff * diff
             if kd:
                 teacher_out = teacher(batch)
-                kd_terms = objective(student=student_out, teacher=teacher_out, step=step,
-                                     total_steps=settings.steps)
+                kd_terms = objective(
+                    student=student_out, teacher=teacher_out, step=step, total_steps=settings.steps
+                )
                 for key, value in kd_terms.items():
                     terms[key if key != "loss" else "kd"] = value  # already "name/term"
                 loss = loss + kd_terms["loss"]
@@ -373,10 +413,20 @@ def train(
                 monitor.check(step, loss.item(), finite_terms(terms))
             bar.update(1)
             done = step + 1
-            if checkpoint is not None and done % settings.checkpoint_every == 0 \
-                    and done < settings.steps:
-                save_checkpoint(checkpoint, done, model, ema, objective if kd else None,
-                                optimizer, {"loss_reference": monitor.reference})
+            if (
+                checkpoint is not None
+                and done % settings.checkpoint_every == 0
+                and done < settings.steps
+            ):
+                save_checkpoint(
+                    checkpoint,
+                    done,
+                    model,
+                    ema,
+                    objective if kd else None,
+                    optimizer,
+                    {"loss_reference": monitor.reference},
+                )
     finally:
         bar.close()
     _sync(device)

@@ -11,8 +11,9 @@ import pytest
 from harness import registry
 
 
-def install_fake_distribution(root: Path, name: str, version: str,
-                              entry_points: dict[str, str], modules: dict[str, str]) -> Path:
+def install_fake_distribution(
+    root: Path, name: str, version: str, entry_points: dict[str, str], modules: dict[str, str]
+) -> Path:
     """Write modules plus a ``.dist-info`` folder, as ``pip install`` would leave them."""
     root.mkdir(parents=True, exist_ok=True)
     for module, source in modules.items():
@@ -30,8 +31,9 @@ def fake_dist(tmp_path, monkeypatch):
     """Install fake plugin distributions on sys.path; the registry reloads afterwards."""
     added: list[str] = []
 
-    def install(name: str, version: str, entry_points: dict[str, str],
-                modules: dict[str, str]) -> None:
+    def install(
+        name: str, version: str, entry_points: dict[str, str], modules: dict[str, str]
+    ) -> None:
         root = install_fake_distribution(tmp_path / name, name, version, entry_points, modules)
         sys.path.insert(0, str(root))
         added.append(str(root))

@@ -58,6 +58,10 @@ def test_real_process_prints_no_traceback_but_debug_does(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip() == f"kdbench: error: {missing}: grid file not found"
     assert "Traceback" not in out.stderr
-    debug = subprocess.run([sys.executable, "-m", "harness.cli", "--debug", "run", str(missing)],
-                           capture_output=True, text=True, timeout=120)
+    debug = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "--debug", "run", str(missing)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert "Traceback" in debug.stderr

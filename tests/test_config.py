@@ -63,8 +63,10 @@ def test_cell_ids_are_stable_and_change_with_settings(tmp_path):
     c = {c["label"]: c["cell_id"] for c in expand(load_config(path, ["train.steps=7"]))}
     assert set(a.values()).isdisjoint(c.values())
     # Tracking and executor settings do not change what a cell computes.
-    d = {c["label"]: c["cell_id"] for c in
-         expand(load_config(path, ["tracking.experiment='x'", "executor.name='local'"]))}
+    d = {
+        c["label"]: c["cell_id"]
+        for c in expand(load_config(path, ["tracking.experiment='x'", "executor.name='local'"]))
+    }
     assert a == d
     assert grid_id(load_config(path)) != grid_id(load_config(path, ["train.steps=7"]))
 
@@ -75,31 +77,49 @@ def test_override_parses_toml_values_and_creates_tables():
     apply_override(data, "grid.seeds=[1, 2]")
     apply_override(data, "objective.place.group_size=8")
     apply_override(data, "tracking.experiment=plain-string")
-    assert data == {"train": {"steps": 100}, "grid": {"seeds": [1, 2]},
-                    "objective": {"place": {"group_size": 8}},
-                    "tracking": {"experiment": "plain-string"}}
+    assert data == {
+        "train": {"steps": 100},
+        "grid": {"seeds": [1, 2]},
+        "objective": {"place": {"group_size": 8}},
+        "tracking": {"experiment": "plain-string"},
+    }
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         apply_override(data, "train.steps")
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.stepz=3", r"grid.toml: train.stepz: unknown key \(did you mean 'steps'\?\)"),
-    ("train.steps='many'", r"grid.toml: train.steps: Input should be a valid integer"),
-    ("train.steps=0", r"grid.toml: train.steps: Input should be greater than or equal to 1"),
-    ("grid.seeds=[]", r"grid.toml: grid.seeds: List should have at least 1 item"),
-    ("dataset.name='digitz'", r"dataset.name: unknown dataset 'digitz' \(did you mean 'digits'\?\)"),
-    ("model.backbone='unnet'", r"model.backbone: unknown backbone 'unnet' \(did you mean 'unet'\?\)"),
-    ("objectives=['plaec']", r"objectives\[0\]: unknown objective 'plaec' \(did you mean 'place'\?\)"),
-    ("objective.place.group_size=0", r"objectives\[2\]: .*group_size"),
-    ("objective.featkd.weight=-1", r"objectives\[2\]: .*weight must be >= 0"),
-    ("objective.place.bogus=1", r"objectives\[2\]: objective 'place' has no option 'bogus'"),
-    ("students=[{prune = 1.0}]", r"students.0: .*prune ratio must be in \[0, 1\)"),
-    ("students=[{prune = 0.5, preset = 'xs'}]", r"give exactly one of preset, prune, pretrained"),
-    ("students=[{preset = 'huge-nonexistent'}]", r"students\[0\].preset: unknown preset"),
-    ("executor.name='slurmm'", r"executor.name: unknown executor 'slurmm'"),
-    ("eval.metrics=['fid', 'lpips']", r"eval.metrics.1: Input should be"),
-    ("surprise=1", r"grid.toml: surprise: unknown key; valid keys: grid, dataset"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.stepz=3", r"grid.toml: train.stepz: unknown key \(did you mean 'steps'\?\)"),
+        ("train.steps='many'", r"grid.toml: train.steps: Input should be a valid integer"),
+        ("train.steps=0", r"grid.toml: train.steps: Input should be greater than or equal to 1"),
+        ("grid.seeds=[]", r"grid.toml: grid.seeds: List should have at least 1 item"),
+        (
+            "dataset.name='digitz'",
+            r"dataset.name: unknown dataset 'digitz' \(did you mean 'digits'\?\)",
+        ),
+        (
+            "model.backbone='unnet'",
+            r"model.backbone: unknown backbone 'unnet' \(did you mean 'unet'\?\)",
+        ),
+        (
+            "objectives=['plaec']",
+            r"objectives\[0\]: unknown objective 'plaec' \(did you mean 'place'\?\)",
+        ),
+        ("objective.place.group_size=0", r"objectives\[2\]: .*group_size"),
+        ("objective.featkd.weight=-1", r"objectives\[2\]: .*weight must be >= 0"),
+        ("objective.place.bogus=1", r"objectives\[2\]: objective 'place' has no option 'bogus'"),
+        ("students=[{prune = 1.0}]", r"students.0: .*prune ratio must be in \[0, 1\)"),
+        (
+            "students=[{prune = 0.5, preset = 'xs'}]",
+            r"give exactly one of preset, prune, pretrained",
+        ),
+        ("students=[{preset = 'huge-nonexistent'}]", r"students\[0\].preset: unknown preset"),
+        ("executor.name='slurmm'", r"executor.name: unknown executor 'slurmm'"),
+        ("eval.metrics=['fid', 'lpips']", r"eval.metrics.1: Input should be"),
+        ("surprise=1", r"grid.toml: surprise: unknown key; valid keys: grid, dataset"),
+    ],
+)
 def test_bad_input_gives_one_line_naming_file_and_key(tmp_path, override, message):
     path = write(tmp_path, SMALL)
     with pytest.raises(ConfigError, match=message) as err:
@@ -134,10 +154,14 @@ def test_teacher_smaller_than_student_warns(tmp_path):
 
 
 def test_objective_table_entries_override_per_part():
-    spec = objective_spec({"name": "place+featkd", "featkd": {"weight": 0.5}},
-                          {"featkd": {"weight": 1e-6}, "place": {"group_size": 4}})
-    assert spec == [{"name": "place", "weight": 1.0, "group_size": 4},
-                    {"name": "featkd", "weight": 0.5}]
+    spec = objective_spec(
+        {"name": "place+featkd", "featkd": {"weight": 0.5}},
+        {"featkd": {"weight": 1e-6}, "place": {"group_size": 4}},
+    )
+    assert spec == [
+        {"name": "place", "weight": 1.0, "group_size": 4},
+        {"name": "featkd", "weight": 0.5},
+    ]
     with pytest.raises(ConfigError, match="not parts of it"):
         objective_spec({"name": "place", "lift": {}}, {})
 

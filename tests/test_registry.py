@@ -39,8 +39,12 @@ def test_unknown_option_lists_valid_options():
 
 def test_example_plugin_is_listed_and_usable(fake_dist):
     source = (EXAMPLE / "kdbench_example_objective.py").read_text()
-    fake_dist("kdbench-example-objective", "0.1.0",
-              {"cosine": "fakeplug_cosine"}, {"fakeplug_cosine": source})
+    fake_dist(
+        "kdbench-example-objective",
+        "0.1.0",
+        {"cosine": "fakeplug_cosine"},
+        {"fakeplug_cosine": source},
+    )
     entry = registry.entries("objective")["cosine"]
     assert entry.provenance.distribution == "kdbench-example-objective"
     assert entry.provenance.version == "0.1.0"
@@ -49,8 +53,12 @@ def test_example_plugin_is_listed_and_usable(fake_dist):
 
 
 def test_plugin_that_raises_on_import_is_reported_and_others_work(fake_dist):
-    fake_dist("broken-plugin", "1.0", {"broken": "fakeplug_broken"},
-              {"fakeplug_broken": "raise RuntimeError('boom at import')\n"})
+    fake_dist(
+        "broken-plugin",
+        "1.0",
+        {"broken": "fakeplug_broken"},
+        {"fakeplug_broken": "raise RuntimeError('boom at import')\n"},
+    )
     failures = {f.plugin: f.error for f in registry.failures()}
     assert failures["broken"] == "RuntimeError: boom at import"
     assert "place" in registry.entries("objective")
@@ -59,7 +67,12 @@ def test_plugin_that_raises_on_import_is_reported_and_others_work(fake_dist):
 
 
 def test_plugin_registering_a_wrong_type_is_reported(fake_dist):
-    fake_dist("wrong-type", "1.0", {"wrongtype": "fakeplug_wrong"}, {"fakeplug_wrong": """
+    fake_dist(
+        "wrong-type",
+        "1.0",
+        {"wrongtype": "fakeplug_wrong"},
+        {
+            "fakeplug_wrong": """
         from harness import hookimpl
 
         class NotAnObjective:
@@ -68,7 +81,9 @@ def test_plugin_registering_a_wrong_type_is_reported(fake_dist):
         @hookimpl
         def register_objectives(register):
             register(NotAnObjective)
-    """})
+    """
+        },
+    )
     failures = {f.plugin: f.error for f in registry.failures()}
     assert "not a subclass of harness.objective.Objective" in failures["wrongtype"]
     assert "oops" not in registry.entries("objective")
@@ -76,13 +91,20 @@ def test_plugin_registering_a_wrong_type_is_reported(fake_dist):
 
 def test_plugin_with_an_unknown_hook_fails_loudly(fake_dist):
     with pytest.raises(PluginError, match="unknown hook"):
-        fake_dist("typo-hook", "1.0", {"typo": "fakeplug_typo"}, {"fakeplug_typo": """
+        fake_dist(
+            "typo-hook",
+            "1.0",
+            {"typo": "fakeplug_typo"},
+            {
+                "fakeplug_typo": """
             from harness import hookimpl
 
             @hookimpl
             def register_objectivez(register):
                 pass
-        """})
+        """
+            },
+        )
 
 
 def test_disable_and_load_only_environment_variables(monkeypatch):
