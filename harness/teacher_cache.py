@@ -10,6 +10,7 @@ lock so that parallel workers build it once.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -55,7 +56,12 @@ class TeacherPredictionCache:
             if self.complete():
                 return 0.0
             start = time.perf_counter()
-            bar = tqdm(total=self.num_chunks, desc=progress, leave=False, disable=progress is None)
+            bar = tqdm(
+                total=self.num_chunks,
+                desc=progress,
+                leave=False,
+                disable=progress is None or not sys.stderr.isatty(),  # quiet in CI logs
+            )
             for index in range(self.num_chunks):
                 path = self._chunk_path(index)
                 if path.exists():
