@@ -96,15 +96,20 @@ def run(
     if dry_run:
         from harness.factories import get_dataset
         from harness.grid import preflight
+        from harness.registry import lookup
 
-        ds = get_dataset(
-            cfg.dataset.name,
-            root=cfg.dataset.root,
-            image_size=cfg.dataset.image_size,
-            split="train",
-            **cfg.dataset.options,
-        )
-        preflight(cfg, ds.channels)
+        try:
+            channels = get_dataset(
+                cfg.dataset.name,
+                root=cfg.dataset.root,
+                image_size=cfg.dataset.image_size,
+                split="train",
+                **cfg.dataset.options,
+            ).channels
+        except KDBenchError as exc:  # e.g. a GPU grid validated where its data are absent
+            channels = lookup("dataset", cfg.dataset.name).channels
+            click.echo(f"kdbench: note: {exc} (a run stops there)", err=True)
+        preflight(cfg, channels)
         click.echo(
             f"grid {cfg.grid.name} ({grid_id(cfg)}): {len(cells)} cells, "
             f"{len(cfg.teachers)} teachers x {len(cfg.students)} students x "

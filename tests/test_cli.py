@@ -65,3 +65,12 @@ def test_real_process_prints_no_traceback_but_debug_does(tmp_path):
         timeout=120,
     )
     assert "Traceback" in debug.stderr
+
+
+def test_every_shipped_grid_passes_a_dry_run_with_its_preflight():
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml")):
+        result = invoke("run", str(path), "--dry-run")
+        assert result.exit_code == 0, (path.name, result.output)
+        assert " cells, " in result.output
