@@ -355,9 +355,12 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
             ctx.images, ctx.labels, ctx.process, cfg.train.batch_size, job["seed"], device
         )
         pairs = ctx.backbone.pair_taps(student, source) if objective.needs_features else None
-        teacher_source, mode = _teacher_source(
-            ctx, job, source, source_key, objective, batches, pairs
-        )
+        if objective.needs_teacher:
+            teacher_source, mode = _teacher_source(
+                ctx, job, source, source_key, objective, batches, pairs
+            )
+        else:  # the no-KD baseline trains on the denoising loss alone
+            teacher_source, mode = None, "none"
         tracker.set_tags(run_id, {"kdbench.teacher_mode": mode})
         trained = train(
             student,

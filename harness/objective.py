@@ -36,12 +36,14 @@ class Objective(nn.Module):
 
     Class attributes a subclass sets:
       ``name``: the registry name; ``needs_features``: the trainer then taps features;
-      ``needs_assistant``: the cell runner distils through a teaching assistant (TAKD).
+      ``needs_assistant``: the cell runner distils through a teaching assistant (TAKD);
+      ``needs_teacher``: False for the no-KD baseline, whose cells then skip the teacher.
     """
 
     name: ClassVar[str] = ""
     needs_features: ClassVar[bool] = False
     needs_assistant: ClassVar[bool] = False
+    needs_teacher: ClassVar[bool] = True
 
     def setup(self, student: Outputs, teacher: Outputs) -> None:
         """Called once with a sample batch before the optimizer is built (adapters)."""
@@ -134,6 +136,10 @@ class Combination(nn.Module):
     @property
     def needs_assistant(self) -> bool:
         return any(o.needs_assistant for o in self.parts)
+
+    @property
+    def needs_teacher(self) -> bool:
+        return any(o.needs_teacher for o in self.parts)
 
     def setup(self, student: Outputs, teacher: Outputs) -> None:
         for obj in self.parts:

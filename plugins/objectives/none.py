@@ -16,6 +16,7 @@ class NoKD(Objective):
     """
 
     name = "none"
+    needs_teacher = False
 
     def __init__(self):
         super().__init__()
