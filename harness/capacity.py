@@ -361,13 +361,7 @@ def assistant(
         student_params = ctx.student_init(student_cap, cfg.pretrain.seed).num_parameters()
         ta_cap = Capacity(preset=choose_assistant(sizes, teacher.num_parameters(), student_params))
     steps = cfg.train.assistant_steps or cfg.train.steps
-    key = {
-        "teacher": teacher_key(cfg, teacher_cap),
-        "assistant": ta_cap.model_dump(),
-        "base": base_spec,
-        "train": cfg.train.model_dump(exclude={"threads"}),
-        "steps": steps,
-    }
+    key = _assistant_key(cfg, teacher_cap, ta_cap, base_spec, steps)
 
     def make():
         init = ctx.student_init(ta_cap, cfg.pretrain.seed)

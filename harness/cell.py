@@ -156,6 +156,7 @@ def run_teacher(job: dict[str, Any]) -> dict[str, Any]:
             feature_extractor=ds.feature_extractor,
             classifier=_classifier(ds),
             progress=False,
+            cache_dir=str(ctx.cache_dir / "metrics"),
         )
         metrics["time_build_s"] = built
         tracker.log_metrics(run_id, metrics)
@@ -391,6 +392,7 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
             device=device,
             feature_extractor=ds.feature_extractor,
             classifier=_classifier(ds),
+            cache_dir=str(ctx.cache_dir / "metrics"),
         )
         metrics.update(scores)
         tracker.log_metrics(run_id, metrics)

@@ -66,6 +66,7 @@ def evaluate(
     feature_extractor: str,
     classifier: nn.Module | None = None,
     progress: bool = False,
+    cache_dir: str | None = None,
 ) -> tuple[dict[str, float], Tensor]:
     from harness.metrics import class_accuracy, compute_metrics
 
@@ -93,6 +94,7 @@ def evaluate(
         metrics=tuple(eval_cfg.metrics),
         weights_path=eval_cfg.inception_weights,
         device=str(device),
+        cache_dir=cache_dir,  # reference features are computed once per data set
     )
     if classifier is not None and labels is not None:
         metrics["class_acc"] = class_accuracy(classifier, images, labels)

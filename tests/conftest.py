@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
 import sys
 import textwrap
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -48,3 +56,63 @@ def fake_dist(tmp_path, monkeypatch):
 
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "kdbench-example-objective"
+
+
+def free_port() -> int:
+    """A localhost port that was free a moment ago (bound, then closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_mlflow_server(backend: str, folder: Path, workers: int = 1, timeout: float = 120):
+    """A real ``mlflow server`` on a free 127.0.0.1 port against ``backend``; yields its URL.
+
+    Skips (with the server's last log lines) only when the server cannot start.
+    """
+    port = free_port()
+    log = open(folder / "server.log", "wb")
+    exe = shutil.which("mlflow")
+    cmd = ([exe] if exe else [sys.executable, "-m", "mlflow"]) + [
+        "server",
+        "--backend-store-uri",
+        backend,
+        "--artifacts-destination",
+        str(folder / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, cwd=folder, env=env, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + timeout  # generous: other test processes share the CPU
+        while True:
+            if proc.poll() is not None:
+                tail = (folder / "server.log").read_text(errors="replace")[-500:]
+                pytest.skip(f"mlflow server exited with {proc.returncode}: {tail}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.skip(f"mlflow server did not answer /health within {timeout:g} s")
+            time.sleep(0.3)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()

@@ -11,7 +11,6 @@ cell-level results, not input errors: what the store records is asserted instead
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -23,6 +22,7 @@ from typing import Any
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import free_port
 from mlflow.tracking import MlflowClient
 
 from harness.cli import cli
@@ -94,12 +94,6 @@ def register_objectives(register):
     register(NaNAfterThree)
     register(NoLoss)
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _model_file(tmp: Path, name: str, backbone: str, preset: str, image_size: int) -> Path:
@@ -175,7 +169,7 @@ def _garbage_safetensors(tmp: Path) -> list[str]:
 
 
 def _unreachable_server(tmp: Path) -> list[str]:
-    return [f"tracking.uri='http://alice:s3cret@127.0.0.1:{_free_port()}'"]
+    return [f"tracking.uri='http://alice:s3cret@127.0.0.1:{free_port()}'"]
 
 
 def _deleted_experiment(tmp: Path) -> list[str]:

@@ -10,7 +10,6 @@ checks that nothing was lost, duplicated or left RUNNING.
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import importlib.util
 import os
@@ -22,14 +21,14 @@ import sys
 import tempfile
 import textwrap
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import free_port, running_mlflow_server
 from mlflow.tracking import MlflowClient
 from test_grid_e2e import TINY, cell_runs, grid_file, history, run
-from test_tracking import _free_port, fast_dir  # noqa: F401 (a fixture)
+from test_tracking import fast_dir  # noqa: F401 (a fixture)
 
 from harness.cli import cli
 
@@ -326,7 +325,7 @@ def postgres():
         for p in (base, sock):
             os.chown(p, user.pw_uid, user.pw_gid)
         prefix = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
+    port = free_port()
 
     def pg(*cmd: str) -> None:
         out = subprocess.run(prefix + list(cmd), capture_output=True, text=True, timeout=120)
@@ -373,61 +372,11 @@ def postgres():
         shutil.rmtree(base, ignore_errors=True)
 
 
-@contextlib.contextmanager
-def mlflow_server(backend: str, folder: Path):
-    """``mlflow server`` on a free 127.0.0.1 port against ``backend``; yields its URL."""
-    port = _free_port()
-    log = open(folder / "server.log", "wb")
-    exe = shutil.which("mlflow")
-    cmd = ([exe] if exe else [sys.executable, "-m", "mlflow"]) + [
-        "server",
-        "--backend-store-uri",
-        backend,
-        "--artifacts-destination",
-        str(folder / "artifacts"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "2",
-    ]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    proc = subprocess.Popen(
-        cmd, stdout=log, stderr=subprocess.STDOUT, cwd=folder, env=env, start_new_session=True
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                tail = (folder / "server.log").read_text(errors="replace")[-800:]
-                pytest.fail(f"mlflow server exited with {proc.returncode}: {tail}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("mlflow server did not answer /health within 180 s")
-            time.sleep(0.3)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        log.close()
-
-
 @pytest.mark.slow
 def test_eight_writers_through_mlflow_server_on_postgresql(postgres, tmp_path):
     from harness.tracking import Tracker
 
-    with mlflow_server(postgres, tmp_path) as url:
+    with running_mlflow_server(postgres, tmp_path, workers=2) as url:
         tracker = Tracker(url, "hard-postgres")
         eight_writers(url, tracker.experiment_id, tmp_path / "sync")
     # Read back from PostgreSQL itself, past the server: the same eight runs.
@@ -481,7 +430,7 @@ def test_credentials_in_the_tracking_uri_are_masked_everywhere(
 def test_unreachable_tracking_uri_fails_before_any_training(tmp_path):
     grid = tmp_path / "grid.toml"
     grid.write_text(textwrap.dedent(TINY).replace("NAME", "hard-unreachable"))
-    port = _free_port()
+    port = free_port()
     cmd = [
         sys.executable,
         "-m",

@@ -8,17 +8,13 @@ import multiprocessing as mp
 import os
 import pickle
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import free_port, running_mlflow_server
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
@@ -36,12 +32,6 @@ def fast_dir(tmp_path):
     folder = Path(tempfile.mkdtemp(prefix="kdbench-track-", dir=shm))
     yield folder
     shutil.rmtree(folder, ignore_errors=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------- URIs
@@ -196,7 +186,7 @@ def test_sqlite_round_trip(fast_dir, monkeypatch):
 
 def test_unreachable_server_fails_fast(monkeypatch):
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
-    port = _free_port()  # bound then closed: nothing listens there
+    port = free_port()  # bound then closed: nothing listens there
     start = time.perf_counter()
     with pytest.raises(TrackingError) as info:
         Tracker(f"http://alice:s3cret@127.0.0.1:{port}", "kd")
@@ -210,51 +200,8 @@ def test_unreachable_server_fails_fast(monkeypatch):
 @pytest.fixture
 def mlflow_server(tmp_path, fast_dir):
     """A real ``mlflow server`` on a free localhost port (SQLite backend, no job runner)."""
-    port = _free_port()
-    log = open(tmp_path / "server.log", "wb")
-    exe = shutil.which("mlflow")
-    cmd = ([exe] if exe else [sys.executable, "-m", "mlflow"]) + [
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{fast_dir / 'server.db'}",
-        "--artifacts-destination",
-        str(tmp_path / "artifacts"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    proc = subprocess.Popen(
-        cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=env, start_new_session=True
-    )
-    try:
-        deadline = time.monotonic() + 90  # generous: other test processes share the CPU
-        while True:
-            if proc.poll() is not None:
-                tail = (tmp_path / "server.log").read_text(errors="replace")[-500:]
-                pytest.skip(f"mlflow server exited with {proc.returncode}: {tail}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.skip("mlflow server did not answer /health within 90 s")
-            time.sleep(0.3)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        log.close()
+    with running_mlflow_server(f"sqlite:///{fast_dir / 'server.db'}", tmp_path) as url:
+        yield url
 
 
 @pytest.mark.slow
