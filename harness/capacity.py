@@ -311,6 +311,24 @@ def load_pretrained(ctx: Context, source: str) -> nn.Module:
     return model.to(ctx.device)
 
 
+def _assistant_key(
+    cfg: GridConfig,
+    teacher_cap: Capacity,
+    ta_cap: Capacity,
+    base_spec: list[dict[str, Any]],
+    steps: int,
+) -> dict[str, Any]:
+    """What determines a trained assistant: not the student's step count or logging."""
+    ignored = {"threads", "steps", "assistant_steps", "log_every", "checkpoint_every"}
+    return {
+        "teacher": teacher_key(cfg, teacher_cap),
+        "assistant": ta_cap.model_dump(),
+        "base": base_spec,
+        "train": cfg.train.model_dump(exclude=ignored),
+        "steps": steps,
+    }
+
+
 def assistant(
     ctx: Context,
     teacher_cap: Capacity,
