@@ -340,3 +340,31 @@ def test_cell_against_a_real_mlflow_server_over_http(space, mlflow_server):  # n
         "config.json",
         "samples.png",
     ]
+
+
+# ---------------------------------------------------------------------- cluster executors
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("executor", ["slurm", "ray"])
+def test_a_two_cell_grid_runs_through_submitit_and_ray(space, executor, tmp_path):
+    """The real cell runner through submitit's local cluster and a local Ray instance."""
+    options = {
+        "slurm": f"{{cluster = 'local', folder = '{tmp_path}/jobs/%j', timeout_min = 10}}",
+        "ray": "{num_cpus = 1, num_gpus = 0}",
+    }[executor]
+    result = run(
+        space,
+        f"e2e-{executor}",
+        [
+            "objectives=['outkd', 'lift']",
+            f"executor.name='{executor}'",
+            f"executor.options={options}",
+        ],
+    )
+    assert [r["status"] for r in result.teacher_results] == ["finished"]
+    assert [r["status"] for r in result.results] == ["finished", "finished"]
+    runs = cell_runs(space["uri"], result.experiment)
+    assert sorted(r.data.params["objective"] for r in runs) == ["lift", "outkd"]
+    assert all(r.data.tags["kdbench.status"] == "finished" for r in runs)
+    assert all(r.info.status == "FINISHED" and "fid" in r.data.metrics for r in runs)
