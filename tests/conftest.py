@@ -57,6 +57,46 @@ def fake_dist(tmp_path, monkeypatch):
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "kdbench-example-objective"
 
+# The smallest real grid: one pruned teacher/student pair on the embedded digits, a few
+# steps, in-process.  Tests replace NAME and override what they exercise with --set.
+TINY_GRID = """
+teachers = [{prune = 0.0}]
+students = [{prune = 0.5}]
+objectives = ["place"]
+
+[grid]
+name = "NAME"
+seeds = [0]
+
+[dataset]
+name = "digits"
+image_size = 16
+
+[model]
+backbone = "unet"
+base = "xxs"
+
+[pretrain]
+steps = 10
+finetune_steps = 5
+batch_size = 16
+
+[train]
+steps = 10
+batch_size = 16
+log_every = 2
+checkpoint_every = 5
+threads = 1
+
+[eval]
+num_samples = 50
+sample_steps = 3
+batch_size = 50
+
+[executor.options]
+inprocess = true
+"""
+
 
 def free_port() -> int:
     """A localhost port that was free a moment ago (bound, then closed)."""

@@ -22,48 +22,13 @@ from typing import Any
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import free_port
+from conftest import TINY_GRID, free_port
 from mlflow.tracking import MlflowClient
 
 from harness.cli import cli
 
-TINY = """
-teachers = [{prune = 0.0}]
-students = [{prune = 0.5}]
-objectives = ["place"]
+TINY = TINY_GRID.replace("NAME", "bad")
 
-[grid]
-name = "bad"
-seeds = [0]
-
-[dataset]
-name = "digits"
-image_size = 16
-
-[model]
-backbone = "unet"
-base = "xxs"
-
-[pretrain]
-steps = 10
-finetune_steps = 5
-batch_size = 16
-
-[train]
-steps = 10
-batch_size = 16
-log_every = 2
-checkpoint_every = 5
-threads = 1
-
-[eval]
-num_samples = 50
-sample_steps = 3
-batch_size = 50
-
-[executor.options]
-inprocess = true
-"""
 
 NAN_PLUGIN = """
 from harness import hookimpl

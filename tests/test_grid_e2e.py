@@ -18,50 +18,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import TINY_GRID
 from mlflow.tracking import MlflowClient
 from test_tracking import fast_dir, mlflow_server  # noqa: F401 (fixtures)
 
 from harness import __version__
 from harness.config import load_config
 from harness.grid import run_grid
-
-TINY = """
-teachers = [{prune = 0.0}]
-students = [{prune = 0.5}]
-objectives = ["place"]
-
-[grid]
-name = "NAME"
-seeds = [0]
-
-[dataset]
-name = "digits"
-image_size = 16
-
-[model]
-backbone = "unet"
-base = "xxs"
-
-[pretrain]
-steps = 10
-finetune_steps = 5
-batch_size = 16
-
-[train]
-steps = 10
-batch_size = 16
-log_every = 2
-checkpoint_every = 5
-threads = 1
-
-[eval]
-num_samples = 50
-sample_steps = 3
-batch_size = 50
-
-[executor.options]
-inprocess = true
-"""
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,7 +38,7 @@ def space(tmp_path_factory):
 
 def grid_file(folder: Path, name: str, overrides: list[str] = ()) -> tuple[Path, object]:
     path = folder / f"{name}.toml"
-    path.write_text(textwrap.dedent(TINY).replace("NAME", name))
+    path.write_text(textwrap.dedent(TINY_GRID).replace("NAME", name))
     return path, load_config(path, list(overrides))
 
 
