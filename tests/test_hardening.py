@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import free_port, running_mlflow_server
+from conftest import TINY_GRID, free_port, running_mlflow_server
 from mlflow.tracking import MlflowClient
-from test_grid_e2e import TINY, cell_runs, grid_file, history, run
+from test_grid_e2e import cell_runs, grid_file, history, run
 from test_tracking import fast_dir  # noqa: F401 (a fixture)
 
 from harness.cli import cli
@@ -429,7 +429,7 @@ def test_credentials_in_the_tracking_uri_are_masked_everywhere(
 
 def test_unreachable_tracking_uri_fails_before_any_training(tmp_path):
     grid = tmp_path / "grid.toml"
-    grid.write_text(textwrap.dedent(TINY).replace("NAME", "hard-unreachable"))
+    grid.write_text(textwrap.dedent(TINY_GRID).replace("NAME", "hard-unreachable"))
     port = free_port()
     cmd = [
         sys.executable,
