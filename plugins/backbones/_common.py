@@ -126,3 +126,13 @@ def pretrained_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     if importlib.util.find_spec("accelerate") is None:
         out.setdefault("low_cpu_mem_usage", False)
     return out
+
+
+def check_patch_size(backbone: str, image_size: int, arch: dict[str, Any], label: str) -> None:
+    """A transformer backbone patchifies the image: its size must be a multiple of the patch."""
+    patch = arch.get("patch_size", 2)
+    if image_size % patch:
+        raise OptionError(
+            f"{backbone} {label}: image_size {image_size} must be divisible by the patch size "
+            f"{patch}"
+        )

@@ -39,6 +39,7 @@ from harness.errors import OptionError
 from plugins.backbones._common import (
     ConditionedModel,
     check_common,
+    check_patch_size,
     class_labels,
     init_kwargs,
     pretrained_kwargs,
@@ -110,11 +111,7 @@ class DiTBackbone(Backbone):
 
     @staticmethod
     def _check_size(image_size: int, arch: dict[str, Any], label: str) -> None:
-        patch = arch.get("patch_size", 2)
-        if image_size % patch:
-            raise OptionError(
-                f"dit {label}: image_size {image_size} must be divisible by the patch size {patch}"
-            )
+        check_patch_size("dit", image_size, arch, label)
 
     def check_image_size(self, image_size: int, preset: str | None = None) -> None:
         name, arch = self._arch(preset, None)

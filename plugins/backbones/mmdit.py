@@ -35,6 +35,7 @@ from harness.errors import OptionError, ShapeError
 from plugins.backbones._common import (
     ConditionedModel,
     check_common,
+    check_patch_size,
     class_labels,
     init_kwargs,
     pretrained_kwargs,
@@ -146,12 +147,7 @@ class MMDiTBackbone(Backbone):
 
     @staticmethod
     def _check_size(image_size: int, arch: dict[str, Any], label: str) -> None:
-        patch = arch.get("patch_size", 2)
-        if image_size % patch:
-            raise OptionError(
-                f"mmdit {label}: image_size {image_size} must be divisible by the patch size "
-                f"{patch}"
-            )
+        check_patch_size("mmdit", image_size, arch, label)
 
     def check_image_size(self, image_size: int, preset: str | None = None) -> None:
         name, arch = self._arch(preset, None)
