@@ -311,9 +311,9 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
     from harness.capacity import Context
     from harness.errors import DivergedError
     from harness.evaluate import evaluate, save_grid
+    from harness.factories import build_combination
     from harness.metrics import describe_extractor
     from harness.modelio import save_model
-    from harness.objective import build_combination
     from harness.trainer import BatchMaker, LoopSettings, train
 
     cfg, tracker, device = _setup_worker(job)

@@ -340,12 +340,21 @@ def teachers(
     help="Where to write the weights (default: the shipped file).",
 )
 @click.option("--seed", default=0, show_default=True)
-def train_classifier_cmd(out: Path | None, seed: int) -> None:
-    """Retrain the digit classifier that the embedded default's metrics use."""
-    from harness.classifier import default_weights_path, train_classifier
+@click.option(
+    "--dataset",
+    default="digits",
+    show_default=True,
+    help="The data set whose own feature classifier to retrain.",
+)
+def train_classifier_cmd(out: Path | None, seed: int, dataset: str) -> None:
+    """Retrain the classifier a data set ships for its metrics (digits: the embedded default)."""
+    from harness.registry import lookup
 
-    path = out or default_weights_path()
-    metrics = train_classifier(seed=seed, out_path=path)
+    own = lookup("dataset", dataset).feature_classifier
+    if own is None:
+        raise KDBenchError(f"data set {dataset!r} ships no feature classifier to retrain")
+    path = out or own.default_path()
+    metrics = own.train(seed=seed, out_path=path)
     click.echo(f"wrote {path}: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
 
 

@@ -28,9 +28,9 @@ from typing import Any
 
 from harness import hookimpl
 from harness.errors import KDBenchError, OptionError
-from harness.executor import Executor
-from plugins.executors.local import (
+from harness.executor import (
     Cell,
+    Executor,
     GridInterrupted,
     InterruptCounter,
     Work,
