@@ -1,8 +1,9 @@
 """One job of a grid, run inside an executor's worker process.
 
-``run_job(job)`` is the picklable entry point.  ``job["kind"]`` is ``"teacher"`` (build a
-teacher once and record its sample quality) or ``"cell"`` (one teacher x student x
-objective x seed: KD training, evaluation, and one MLflow run).
+``run_job(job)`` is the picklable entry point.  ``job`` is a ``harness.jobs.TeacherJob``
+(build a teacher once and record its sample quality) or a ``CellJob`` (one teacher x
+student x objective x seed: KD training, evaluation, and one MLflow run), or either one's
+``to_json()`` text.
 
 A cell is resumable: it checkpoints every ``train.checkpoint_every`` steps under the
 cache folder; a re-run finds the cell's unfinished MLflow run by cell id and continues
@@ -28,6 +29,7 @@ import torch
 
 from harness import __version__
 from harness.config import Capacity, GridConfig
+from harness.jobs import CellJob, Job, TeacherJob, job_from_json
 
 log = logging.getLogger("kdbench")
 
@@ -66,25 +68,23 @@ def plugin_versions() -> dict[str, str]:
     return out
 
 
-def _setup_worker(job: dict[str, Any]) -> tuple[GridConfig, Any, torch.device]:
+def _setup_worker(job: Job) -> tuple[GridConfig, Any, torch.device]:
     from harness.tracking import Tracker
 
-    cfg = GridConfig.model_validate(job["config"])
+    cfg = GridConfig.model_validate(job.context.config)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.use_deterministic_algorithms(False)
-    tracker = Tracker.attach(job["tracking_uri"], job["experiment_id"])
+    tracker = Tracker.attach(job.context.tracking_uri, job.context.experiment_id)
     return cfg, tracker, pick_device()
 
 
-def _common_tags(
-    job: dict[str, Any], kind: str, cfg: GridConfig, fid_features: str
-) -> dict[str, str]:
+def _common_tags(job: Job, kind: str, cfg: GridConfig, fid_features: str) -> dict[str, str]:
     return {
         "kdbench.kind": kind,
-        "kdbench.grid_id": job["grid_id"],
+        "kdbench.grid_id": job.context.grid_id,
         "kdbench.grid_name": cfg.grid.name,
-        "kdbench.git_commit": job.get("git_commit") or git_commit(),
+        "kdbench.git_commit": job.context.git_commit or git_commit(),
         "kdbench.version": __version__,
         "kdbench.plugins": json.dumps(plugin_versions(), sort_keys=True),
         "kdbench.fid_features": fid_features,
@@ -93,8 +93,11 @@ def _common_tags(
     }
 
 
-def run_job(job: dict[str, Any]) -> dict[str, Any]:
-    if job["kind"] == "teacher":
+def run_job(job: Job | str) -> dict[str, Any]:
+    """Run one job of a grid (a record of ``harness.jobs`` or its JSON); its result dict."""
+    if isinstance(job, str):
+        job = job_from_json(job)
+    if isinstance(job, TeacherJob):
         return run_teacher(job)
     return run_cell(job)
 
@@ -102,29 +105,29 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------- teachers
 
 
-def run_teacher(job: dict[str, Any]) -> dict[str, Any]:
+def run_teacher(job: TeacherJob) -> dict[str, Any]:
     """Build (or load from cache) one teacher and record its sample quality once."""
     from harness.capacity import Context
     from harness.evaluate import evaluate, save_grid
     from harness.metrics import describe_extractor
 
     cfg, tracker, device = _setup_worker(job)
-    cap = Capacity.model_validate(job["teacher"])
+    cap = Capacity.model_validate(job.teacher)
     existing = [
         r
         for r in tracker.find_runs(
-            {"kdbench.teacher_id": job["teacher_id"], "kdbench.kind": "teacher"}
+            {"kdbench.teacher_id": job.teacher_id, "kdbench.kind": "teacher"}
         )
         if r["status"] == "finished"
     ]
-    ctx = Context.create(cfg, device, job["cache_dir"], progress=job.get("progress", True))
+    ctx = Context.create(cfg, device, job.context.cache_dir, progress=job.context.progress)
     start = time.perf_counter()
     teacher = ctx.teacher(cap)
     built = time.perf_counter() - start
     if existing:
         return {
             "status": "finished",
-            "teacher_id": job["teacher_id"],
+            "teacher_id": job.teacher_id,
             "run_id": existing[0]["run_id"],
             "reused": True,
         }
@@ -133,7 +136,7 @@ def run_teacher(job: dict[str, Any]) -> dict[str, Any]:
         f"teacher {cap.name}",
         tags={
             **_common_tags(job, "teacher", cfg, describe_extractor(ds.feature_extractor)),
-            "kdbench.teacher_id": job["teacher_id"],
+            "kdbench.teacher_id": job.teacher_id,
         },
         params={
             "teacher": cap.name,
@@ -169,10 +172,10 @@ def run_teacher(job: dict[str, Any]) -> dict[str, Any]:
     except Exception as exc:
         tracker.set_tags(run_id, {"kdbench.error": _one_line(exc)})
         tracker.finish(run_id, "failed")
-        return {"status": "failed", "teacher_id": job["teacher_id"], "error": _one_line(exc)}
+        return {"status": "failed", "teacher_id": job.teacher_id, "error": _one_line(exc)}
     return {
         "status": "finished",
-        "teacher_id": job["teacher_id"],
+        "teacher_id": job.teacher_id,
         "run_id": run_id,
         "metrics": metrics,
     }
@@ -202,17 +205,17 @@ def _one_line(exc: BaseException) -> str:
     return text[0][:500] if text else type(exc).__name__
 
 
-def checkpoint_path(job: dict[str, Any]) -> Path:
-    return Path(job["cache_dir"]) / "checkpoints" / f"{job['cell_id']}.safetensors"
+def checkpoint_path(job: CellJob) -> Path:
+    return Path(job.context.cache_dir) / "checkpoints" / f"{job.cell_id}.safetensors"
 
 
 def _open_run(
-    job: dict[str, Any], tracker: Any, cfg: GridConfig, fid_features: str
+    job: CellJob, tracker: Any, cfg: GridConfig, fid_features: str
 ) -> tuple[str | None, bool]:
     """(run_id, resumed); run_id None means the cell is already done."""
     ckpt = checkpoint_path(job)
-    runs = tracker.find_runs({"kdbench.cell_id": job["cell_id"], "kdbench.kind": "cell"})
-    if not job.get("rerun"):
+    runs = tracker.find_runs({"kdbench.cell_id": job.cell_id, "kdbench.kind": "cell"})
+    if not job.context.rerun:
         if any(r["status"] in DONE for r in runs):
             return None, False
         unfinished = [r for r in runs if r["status"] in ("running", "failed", "killed")]
@@ -221,19 +224,19 @@ def _open_run(
             tracker.resume_run(run_id)
             return run_id, True
     ckpt.unlink(missing_ok=True)
-    spec = job["objective"]
+    spec = job.objective
     params = {
-        "objective": job["objective_label"],
+        "objective": job.objective_label,
         "objective_spec": spec,
-        "teacher": job["teacher_name"],
-        "student": job["student_name"],
-        "teacher_spec": job["teacher"],
-        "student_spec": job["student"],
+        "teacher": job.teacher_name,
+        "student": job.student_name,
+        "teacher_spec": job.teacher,
+        "student_spec": job.student,
         "backbone": cfg.model.backbone,
         "process": cfg.model.process or "default",
         "dataset": cfg.dataset.name,
         "image_size": cfg.dataset.image_size,
-        "seed": job["seed"],
+        "seed": job.seed,
         "steps": cfg.train.steps,
         "batch_size": cfg.train.batch_size,
         "lr": cfg.train.lr,
@@ -244,17 +247,17 @@ def _open_run(
     }
     tags = {
         **_common_tags(job, "cell", cfg, fid_features),
-        "kdbench.cell_id": job["cell_id"],
-        "kdbench.teacher_id": job["teacher_id"],
-        "kdbench.label": job["label"],
+        "kdbench.cell_id": job.cell_id,
+        "kdbench.teacher_id": job.teacher_id,
+        "kdbench.label": job.label,
     }
-    run_id = tracker.start_run(job["label"], tags=tags, params=params)
+    run_id = tracker.start_run(job.label, tags=tags, params=params)
     return run_id, False
 
 
 def _teacher_source(
     ctx: Any,
-    job: dict[str, Any],
+    job: CellJob,
     source_model: torch.nn.Module,
     source_key: str,
     objective: Any,
@@ -274,7 +277,7 @@ def _teacher_source(
     key = json.dumps(
         {
             "source": source_key,
-            "seed": job["seed"],
+            "seed": job.seed,
             "train": {k: getattr(cfg.train, k) for k in ("steps", "batch_size", "precision")},
             "process": cfg.model.process,
             "device": ctx.device.type,
@@ -306,7 +309,7 @@ def _step_logger(tracker: Any, run_id: str, settings: Any):
     return log
 
 
-def run_cell(job: dict[str, Any]) -> dict[str, Any]:
+def run_cell(job: CellJob) -> dict[str, Any]:
     from harness import capacity
     from harness.capacity import Context
     from harness.errors import DivergedError
@@ -320,24 +323,22 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
     ds = _dataset(cfg)
     run_id, resumed = _open_run(job, tracker, cfg, describe_extractor(ds.feature_extractor))
     if run_id is None:
-        return {"cell_id": job["cell_id"], "status": "skipped"}
-    result: dict[str, Any] = {"cell_id": job["cell_id"], "run_id": run_id, "resumed": resumed}
+        return {"cell_id": job.cell_id, "status": "skipped"}
+    result: dict[str, Any] = {"cell_id": job.cell_id, "run_id": run_id, "resumed": resumed}
     try:
-        ctx = Context.create(cfg, device, job["cache_dir"], progress=job.get("progress", True))
+        ctx = Context.create(cfg, device, job.context.cache_dir, progress=job.context.progress)
         t0 = time.perf_counter()
-        teacher_cap = Capacity.model_validate(job["teacher"])
-        student_cap = Capacity.model_validate(job["student"])
+        teacher_cap = Capacity.model_validate(job.teacher)
+        student_cap = Capacity.model_validate(job.student)
         teacher = ctx.teacher(teacher_cap)
         time_teacher = time.perf_counter() - t0
-        objective = build_combination(job["objective"])
-        student = ctx.student_init(student_cap, job["seed"])
+        objective = build_combination(job.objective)
+        student = ctx.student_init(student_cap, job.seed)
         metrics: dict[str, float] = {"time_teacher_s": time_teacher}
-        source, source_key = teacher, job["teacher_id"]
+        source, source_key = teacher, job.teacher_id
         if objective.needs_assistant:
-            source, info = capacity.assistant(
-                ctx, teacher_cap, student_cap, job["objective"], teacher
-            )
-            source_key = f"assistant:{job['teacher_id']}:{info.get('capacity')}"
+            source, info = capacity.assistant(ctx, teacher_cap, student_cap, job.objective, teacher)
+            source_key = f"assistant:{job.teacher_id}:{info.get('capacity')}"
             metrics["time_assistant_s"] = float(info.get("build_seconds", 0.0))
             tracker.log_params(
                 run_id,
@@ -353,7 +354,7 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
             )
         settings = LoopSettings.from_section(cfg.train)
         batches = BatchMaker(
-            ctx.images, ctx.labels, ctx.process, cfg.train.batch_size, job["seed"], device
+            ctx.images, ctx.labels, ctx.process, cfg.train.batch_size, job.seed, device
         )
         pairs = ctx.backbone.pair_taps(student, source) if objective.needs_features else None
         if objective.needs_teacher:
@@ -373,7 +374,7 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
             checkpoint=checkpoint_path(job),
             log=_step_logger(tracker, run_id, settings),
             device=device,
-            progress=job["label"] if job.get("progress", True) else None,
+            progress=job.label if job.context.progress else None,
         )
         tracker.flush()
         metrics.update(
@@ -388,7 +389,7 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
             ctx.images,
             eval_cfg=cfg.eval,
             num_classes=ctx.num_classes,
-            seed=job["seed"],
+            seed=job.seed,
             device=device,
             feature_extractor=ds.feature_extractor,
             classifier=_classifier(ds),
@@ -398,7 +399,7 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
         tracker.log_metrics(run_id, metrics)
         with tempfile.TemporaryDirectory() as tmp:
             tracker.log_artifact(run_id, str(save_grid(images, Path(tmp) / "samples.png")))
-            tracker.log_json(run_id, job["config"], "config.json")
+            tracker.log_json(run_id, job.context.config, "config.json")
             if cfg.eval.save_student:
                 path = Path(tmp) / "student.safetensors"
                 save_model(trained.ema.cpu(), path)
@@ -419,7 +420,7 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
         tracker.finish(run_id, "killed")
         raise
     except Exception as exc:
-        log.debug("cell %s failed:\n%s", job["cell_id"], traceback.format_exc())
+        log.debug("cell %s failed:\n%s", job.cell_id, traceback.format_exc())
         tracker.set_tags(run_id, {"kdbench.error": _one_line(exc)})
         tracker.finish(run_id, "failed")
         result.update(status="failed", error=_one_line(exc))

@@ -18,14 +18,16 @@ from __future__ import annotations
 import signal
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from tqdm import tqdm
 
 from harness.errors import OptionError
 
-Cell = dict[str, Any]
+Cell = Any
+"""A job: a record with ``cell_id`` and ``label`` attributes (``harness.jobs``), or a
+mapping with those keys."""
 Work = Callable[[Cell], dict[str, Any]]
 
 WORK_STATUSES = ("finished", "diverged", "failed", "killed", "skipped")
@@ -33,9 +35,17 @@ WORK_STATUSES = ("finished", "diverged", "failed", "killed", "skipped")
 executors for cells never started."""
 
 
+def identify(cell: Cell) -> tuple[str, str | None]:
+    """A cell's ``cell_id`` and ``label`` (None when it has none)."""
+    if isinstance(cell, Mapping):
+        return cell["cell_id"], cell.get("label")
+    return cell.cell_id, getattr(cell, "label", None)
+
+
 def outcome(cell: Cell, status: str, **extra: Any) -> dict[str, Any]:
     """The result dict of a cell the executor reports on itself."""
-    return {"cell_id": cell["cell_id"], "label": cell.get("label"), "status": status, **extra}
+    cell_id, label = identify(cell)
+    return {"cell_id": cell_id, "label": label, "status": status, **extra}
 
 
 def failed(cell: Cell, error: str) -> dict[str, Any]:
@@ -66,7 +76,8 @@ def finalize(cell: Cell, raw: Any) -> dict[str, Any]:
     status = raw.get("status")
     if status not in WORK_STATUSES:
         return failed(cell, f"work returned status {status!r}; valid: {', '.join(WORK_STATUSES)}")
-    return {"label": cell.get("label"), **raw, "cell_id": cell["cell_id"]}
+    cell_id, label = identify(cell)
+    return {"label": label, **raw, "cell_id": cell_id}
 
 
 def progress_bar(total: int, progress: bool | None, desc: str) -> tqdm:

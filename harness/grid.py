@@ -19,6 +19,7 @@ from typing import Any
 
 from harness.config import GridConfig, expand, experiment_name, grid_id
 from harness.executor import GridInterrupted
+from harness.jobs import CellJob, GridContext, TeacherJob
 
 log = logging.getLogger("kdbench")
 
@@ -28,7 +29,7 @@ class GridRun:
     grid_id: str
     experiment: str
     tracking_uri: str
-    cells: list[dict[str, Any]]
+    cells: list[dict[str, Any]]  # harness.config.expand's cells
     skipped: list[str] = field(default_factory=list)
     teacher_results: list[dict[str, Any]] = field(default_factory=list)
     results: list[dict[str, Any]] = field(default_factory=list)
@@ -38,23 +39,19 @@ class GridRun:
 
 
 def _jobs(
-    cfg: GridConfig, context: dict[str, Any], cells: list[dict[str, Any]]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    teachers: dict[str, dict[str, Any]] = {}
+    context: GridContext, cells: list[dict[str, Any]]
+) -> tuple[list[TeacherJob], list[CellJob]]:
+    """One job per distinct teacher (first-seen order), one per cell."""
+    teachers: dict[str, TeacherJob] = {}
     for cell in cells:
-        teachers.setdefault(
-            cell["teacher_id"],
-            {
-                **context,
-                "kind": "teacher",
-                "cell_id": f"teacher-{cell['teacher_id']}",
-                "label": f"teacher {cell['teacher_name']}",
-                "teacher": cell["teacher"],
-                "teacher_id": cell["teacher_id"],
-            },
-        )
-    cell_jobs = [{**context, "kind": "cell", **cell} for cell in cells]
-    return list(teachers.values()), cell_jobs
+        if cell["teacher_id"] not in teachers:
+            teachers[cell["teacher_id"]] = TeacherJob(
+                context=context,
+                teacher=cell["teacher"],
+                teacher_id=cell["teacher_id"],
+                teacher_name=cell["teacher_name"],
+            )
+    return list(teachers.values()), [CellJob.from_cell(context, cell) for cell in cells]
 
 
 def run_grid(
@@ -97,17 +94,17 @@ def run_grid(
     config = cfg.model_dump(mode="json")
     if config["tracking"]["uri"]:  # workers get ``uri``; the logged config.json no password
         config["tracking"]["uri"] = mask_uri(config["tracking"]["uri"])
-    context = {
-        "config": config,
-        "tracking_uri": uri,
-        "experiment_id": tracker.experiment_id,
-        "grid_id": gid,
-        "rerun": rerun,
-        "cache_dir": str(Path(cache_dir or cfg.cache.dir or default_cache_dir()).expanduser()),
-        "progress": progress,
-        "git_commit": git_commit(),
-    }
-    teacher_jobs, cell_jobs = _jobs(cfg, context, cells)
+    context = GridContext(
+        config=config,
+        tracking_uri=uri,
+        experiment_id=tracker.experiment_id,
+        grid_id=gid,
+        cache_dir=str(Path(cache_dir or cfg.cache.dir or default_cache_dir()).expanduser()),
+        rerun=rerun,
+        progress=progress,
+        git_commit=git_commit(),
+    )
+    teacher_jobs, cell_jobs = _jobs(context, cells)
     for stage, jobs in (("teacher", teacher_jobs), ("cell", cell_jobs)):
         if not jobs:
             continue
@@ -198,7 +195,10 @@ def _quiet_diffusers() -> Iterator[None]:
 
 
 def _close_orphaned_runs(
-    tracker: Any, stage: str, jobs: list[dict[str, Any]], results: list[dict[str, Any]]
+    tracker: Any,
+    stage: str,
+    jobs: list[TeacherJob] | list[CellJob],
+    results: list[dict[str, Any]],
 ) -> None:
     """A worker killed by a signal, OOM or Ctrl-C can leave its run RUNNING: close it.
 
@@ -210,7 +210,7 @@ def _close_orphaned_runs(
         status = result.get("status")
         if status not in ("failed", "killed"):
             continue
-        key = job["cell_id"] if stage == "cell" else job["teacher_id"]
+        key = job.cell_id if isinstance(job, CellJob) else job.teacher_id
         for r in tracker.find_runs({id_tag: key, "kdbench.kind": stage}):
             if r["status"] == "running":
                 if status == "failed":

@@ -50,6 +50,7 @@ from harness.executor import (
     describe,
     failed,
     finalize,
+    identify,
     outcome,
     progress_bar,
     skipped,
@@ -296,7 +297,7 @@ class LocalExecutor(Executor):
         proc = ctx.Process(
             target=_child_main,
             args=(payload, sender, self.threads),
-            name=f"kdbench-cell-{cell['cell_id']}",
+            name=f"kdbench-cell-{identify(cell)[0]}",
         )
         with _environ(self._child_env(device)):
             proc.start()
