@@ -30,10 +30,9 @@ import torch
 from harness import __version__
 from harness.config import Capacity, GridConfig
 from harness.jobs import CellJob, Job, TeacherJob, job_from_json
+from harness.schema import DONE, TRAIN_PREFIX, UNFINISHED, Kind, Metric, Status, Tag
 
 log = logging.getLogger("kdbench")
-
-DONE = ("finished", "diverged")
 
 
 def pick_device() -> torch.device:
@@ -81,15 +80,15 @@ def _setup_worker(job: Job) -> tuple[GridConfig, Any, torch.device]:
 
 def _common_tags(job: Job, kind: str, cfg: GridConfig, fid_features: str) -> dict[str, str]:
     return {
-        "kdbench.kind": kind,
-        "kdbench.grid_id": job.context.grid_id,
-        "kdbench.grid_name": cfg.grid.name,
-        "kdbench.git_commit": job.context.git_commit or git_commit(),
-        "kdbench.version": __version__,
-        "kdbench.plugins": json.dumps(plugin_versions(), sort_keys=True),
-        "kdbench.fid_features": fid_features,
-        "kdbench.torch": torch.__version__,
-        "kdbench.host": platform.node(),
+        Tag.KIND: kind,
+        Tag.GRID_ID: job.context.grid_id,
+        Tag.GRID_NAME: cfg.grid.name,
+        Tag.GIT_COMMIT: job.context.git_commit or git_commit(),
+        Tag.VERSION: __version__,
+        Tag.PLUGINS: json.dumps(plugin_versions(), sort_keys=True),
+        Tag.FID_FEATURES: fid_features,
+        Tag.TORCH: torch.__version__,
+        Tag.HOST: platform.node(),
     }
 
 
@@ -115,10 +114,8 @@ def run_teacher(job: TeacherJob) -> dict[str, Any]:
     cap = Capacity.model_validate(job.teacher)
     existing = [
         r
-        for r in tracker.find_runs(
-            {"kdbench.teacher_id": job.teacher_id, "kdbench.kind": "teacher"}
-        )
-        if r["status"] == "finished"
+        for r in tracker.find_runs({Tag.TEACHER_ID: job.teacher_id, Tag.KIND: Kind.TEACHER})
+        if r["status"] == Status.FINISHED
     ]
     ctx = Context.create(cfg, device, job.context.cache_dir, progress=job.context.progress)
     start = time.perf_counter()
@@ -126,7 +123,7 @@ def run_teacher(job: TeacherJob) -> dict[str, Any]:
     built = time.perf_counter() - start
     if existing:
         return {
-            "status": "finished",
+            "status": Status.FINISHED,
             "teacher_id": job.teacher_id,
             "run_id": existing[0]["run_id"],
             "reused": True,
@@ -135,8 +132,8 @@ def run_teacher(job: TeacherJob) -> dict[str, Any]:
     run_id = tracker.start_run(
         f"teacher {cap.name}",
         tags={
-            **_common_tags(job, "teacher", cfg, describe_extractor(ds.feature_extractor)),
-            "kdbench.teacher_id": job.teacher_id,
+            **_common_tags(job, Kind.TEACHER, cfg, describe_extractor(ds.feature_extractor)),
+            Tag.TEACHER_ID: job.teacher_id,
         },
         params={
             "teacher": cap.name,
@@ -161,20 +158,20 @@ def run_teacher(job: TeacherJob) -> dict[str, Any]:
             progress=False,
             cache_dir=str(ctx.cache_dir / "metrics"),
         )
-        metrics["time_build_s"] = built
+        metrics[Metric.TIME_BUILD_S] = built
         tracker.log_metrics(run_id, metrics)
         with tempfile.TemporaryDirectory() as tmp:
             tracker.log_artifact(run_id, str(save_grid(images, Path(tmp) / "samples.png")))
-        tracker.finish(run_id, "finished")
+        tracker.finish(run_id, Status.FINISHED)
     except KeyboardInterrupt:
-        tracker.finish(run_id, "killed")
+        tracker.finish(run_id, Status.KILLED)
         raise
     except Exception as exc:
-        tracker.set_tags(run_id, {"kdbench.error": _one_line(exc)})
-        tracker.finish(run_id, "failed")
-        return {"status": "failed", "teacher_id": job.teacher_id, "error": _one_line(exc)}
+        tracker.set_tags(run_id, {Tag.ERROR: _one_line(exc)})
+        tracker.finish(run_id, Status.FAILED)
+        return {"status": Status.FAILED, "teacher_id": job.teacher_id, "error": _one_line(exc)}
     return {
-        "status": "finished",
+        "status": Status.FINISHED,
         "teacher_id": job.teacher_id,
         "run_id": run_id,
         "metrics": metrics,
@@ -214,11 +211,11 @@ def _open_run(
 ) -> tuple[str | None, bool]:
     """(run_id, resumed); run_id None means the cell is already done."""
     ckpt = checkpoint_path(job)
-    runs = tracker.find_runs({"kdbench.cell_id": job.cell_id, "kdbench.kind": "cell"})
+    runs = tracker.find_runs({Tag.CELL_ID: job.cell_id, Tag.KIND: Kind.CELL})
     if not job.context.rerun:
         if any(r["status"] in DONE for r in runs):
             return None, False
-        unfinished = [r for r in runs if r["status"] in ("running", "failed", "killed")]
+        unfinished = [r for r in runs if r["status"] in UNFINISHED]
         if unfinished and ckpt.exists():
             run_id = unfinished[0]["run_id"]
             tracker.resume_run(run_id)
@@ -246,10 +243,10 @@ def _open_run(
         "num_samples": cfg.eval.num_samples,
     }
     tags = {
-        **_common_tags(job, "cell", cfg, fid_features),
-        "kdbench.cell_id": job.cell_id,
-        "kdbench.teacher_id": job.teacher_id,
-        "kdbench.label": job.label,
+        **_common_tags(job, Kind.CELL, cfg, fid_features),
+        Tag.CELL_ID: job.cell_id,
+        Tag.TEACHER_ID: job.teacher_id,
+        Tag.LABEL: job.label,
     }
     run_id = tracker.start_run(job.label, tags=tags, params=params)
     return run_id, False
@@ -323,7 +320,7 @@ def run_cell(job: CellJob) -> dict[str, Any]:
     ds = _dataset(cfg)
     run_id, resumed = _open_run(job, tracker, cfg, describe_extractor(ds.feature_extractor))
     if run_id is None:
-        return {"cell_id": job.cell_id, "status": "skipped"}
+        return {"cell_id": job.cell_id, "status": Status.SKIPPED}
     result: dict[str, Any] = {"cell_id": job.cell_id, "run_id": run_id, "resumed": resumed}
     try:
         ctx = Context.create(cfg, device, job.context.cache_dir, progress=job.context.progress)
@@ -334,12 +331,12 @@ def run_cell(job: CellJob) -> dict[str, Any]:
         time_teacher = time.perf_counter() - t0
         objective = build_combination(job.objective)
         student = ctx.student_init(student_cap, job.seed)
-        metrics: dict[str, float] = {"time_teacher_s": time_teacher}
+        metrics: dict[str, float] = {Metric.TIME_TEACHER_S: time_teacher}
         source, source_key = teacher, job.teacher_id
         if objective.needs_assistant:
             source, info = capacity.assistant(ctx, teacher_cap, student_cap, job.objective, teacher)
             source_key = f"assistant:{job.teacher_id}:{info.get('capacity')}"
-            metrics["time_assistant_s"] = float(info.get("build_seconds", 0.0))
+            metrics[Metric.TIME_ASSISTANT_S] = float(info.get("build_seconds", 0.0))
             tracker.log_params(
                 run_id,
                 {"assistant": info.get("capacity"), "assistant_params": source.num_parameters()},
@@ -363,7 +360,7 @@ def run_cell(job: CellJob) -> dict[str, Any]:
             )
         else:  # the no-KD baseline trains on the denoising loss alone
             teacher_source, mode = None, "none"
-        tracker.set_tags(run_id, {"kdbench.teacher_mode": mode})
+        tracker.set_tags(run_id, {Tag.TEACHER_MODE: mode})
         trained = train(
             student,
             batches=batches,
@@ -378,10 +375,12 @@ def run_cell(job: CellJob) -> dict[str, Any]:
         )
         tracker.flush()
         metrics.update(
-            iter_per_s=trained.iter_per_s,
-            peak_mem_mb=trained.peak_mem_mb,
-            time_train_s=trained.time_train_s,
-            teacher_share=trained.teacher_share,
+            {
+                Metric.ITER_PER_S: trained.iter_per_s,
+                Metric.PEAK_MEM_MB: trained.peak_mem_mb,
+                Metric.TIME_TRAIN_S: trained.time_train_s,
+                Metric.TEACHER_SHARE: trained.teacher_share,
+            }
         )
         scores, images = evaluate(
             trained.ema,
@@ -404,24 +403,25 @@ def run_cell(job: CellJob) -> dict[str, Any]:
                 path = Path(tmp) / "student.safetensors"
                 save_model(trained.ema.cpu(), path)
                 tracker.log_artifact(run_id, str(path))
-        tracker.finish(run_id, "finished")
+        tracker.finish(run_id, Status.FINISHED)
         checkpoint_path(job).unlink(missing_ok=True)
-        result.update(status="finished", metrics=metrics)
+        result.update(status=Status.FINISHED, metrics=metrics)
     except DivergedError as exc:
         # The last terms (the step that diverged) join the history; NaN/inf log as NaN.
-        tracker.log_metrics(run_id, {f"train/{k}": v for k, v in exc.terms.items()}, step=exc.step)
-        tracker.log_metrics(run_id, {"diverged_step": exc.step})
-        tracker.set_tags(run_id, {"kdbench.diverged_reason": exc.reason[:250]})
-        tracker.finish(run_id, "diverged")
+        terms = {f"{TRAIN_PREFIX}{k}": v for k, v in exc.terms.items()}
+        tracker.log_metrics(run_id, terms, step=exc.step)
+        tracker.log_metrics(run_id, {Metric.DIVERGED_STEP: exc.step})
+        tracker.set_tags(run_id, {Tag.DIVERGED_REASON: exc.reason[:250]})
+        tracker.finish(run_id, Status.DIVERGED)
         checkpoint_path(job).unlink(missing_ok=True)
-        result.update(status="diverged", step=exc.step, reason=exc.reason)
+        result.update(status=Status.DIVERGED, step=exc.step, reason=exc.reason)
     except KeyboardInterrupt:
         tracker.flush()
-        tracker.finish(run_id, "killed")
+        tracker.finish(run_id, Status.KILLED)
         raise
     except Exception as exc:
         log.debug("cell %s failed:\n%s", job.cell_id, traceback.format_exc())
-        tracker.set_tags(run_id, {"kdbench.error": _one_line(exc)})
-        tracker.finish(run_id, "failed")
-        result.update(status="failed", error=_one_line(exc))
+        tracker.set_tags(run_id, {Tag.ERROR: _one_line(exc)})
+        tracker.finish(run_id, Status.FAILED)
+        result.update(status=Status.FAILED, error=_one_line(exc))
     return result

@@ -119,18 +119,19 @@ def run(
             click.echo(f"  {cell['cell_id']}  {cell['label']}")
         return
     from harness.grid import run_grid
+    from harness.schema import Status
     from harness.tracking import mask_uri
 
     result = run_grid(
         cfg, tracking_uri=tracking_uri, rerun=rerun, cache_dir=cache_dir, progress=not quiet
     )
     click.echo(
-        f"grid {cfg.grid.name} ({result.grid_id}): {result.count('finished')} finished, "
-        f"{result.count('diverged')} diverged, {result.count('failed')} failed, "
+        f"grid {cfg.grid.name} ({result.grid_id}): {result.count(Status.FINISHED)} finished, "
+        f"{result.count(Status.DIVERGED)} diverged, {result.count(Status.FAILED)} failed, "
         f"{len(result.skipped)} already done"
     )
     for r in result.results + result.teacher_results:
-        if r.get("status") == "failed":
+        if r.get("status") == Status.FAILED:
             click.echo(f"  failed: {r.get('cell_id')}: {r.get('error', '')}", err=True)
     if not no_leaderboard:
         from leaderboards import report
@@ -150,7 +151,7 @@ def run(
         f"MLflow store: {mask_uri(result.tracking_uri)} "
         f"(experiment {experiment_name(cfg)}; `kdbench ui` to browse)"
     )
-    if result.count("failed"):
+    if result.count(Status.FAILED):
         sys.exit(1)
 
 

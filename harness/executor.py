@@ -24,15 +24,12 @@ from typing import Any, ClassVar
 from tqdm import tqdm
 
 from harness.errors import OptionError
+from harness.schema import WORK_STATUSES, Status
 
 Cell = Any
 """A job: a record with ``cell_id`` and ``label`` attributes (``harness.jobs``), or a
 mapping with those keys."""
 Work = Callable[[Cell], dict[str, Any]]
-
-WORK_STATUSES = ("finished", "diverged", "failed", "killed", "skipped")
-"""What a result may say; ``work`` returns ``"skipped"`` for a cell with nothing left to do,
-executors for cells never started."""
 
 
 def identify(cell: Cell) -> tuple[str, str | None]:
@@ -49,11 +46,11 @@ def outcome(cell: Cell, status: str, **extra: Any) -> dict[str, Any]:
 
 
 def failed(cell: Cell, error: str) -> dict[str, Any]:
-    return outcome(cell, "failed", error=one_line(error))
+    return outcome(cell, Status.FAILED, error=one_line(error))
 
 
 def skipped(cell: Cell) -> dict[str, Any]:
-    return outcome(cell, "skipped")
+    return outcome(cell, Status.SKIPPED)
 
 
 def one_line(text: str, limit: int = 500) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 from harness.config import GridConfig, expand, experiment_name, grid_id
 from harness.executor import GridInterrupted
 from harness.jobs import CellJob, GridContext, TeacherJob
+from harness.schema import DONE, Kind, Status, Tag
 
 log = logging.getLogger("kdbench")
 
@@ -86,9 +87,9 @@ def run_grid(
     run = GridRun(gid, experiment_name(cfg), uri, cells)
     if not rerun:
         done = set()
-        for r in tracker.find_runs({"kdbench.kind": "cell"}):
-            if r["status"] in ("finished", "diverged"):
-                done.add(r["tags"].get("kdbench.cell_id"))
+        for r in tracker.find_runs({Tag.KIND: Kind.CELL}):
+            if r["status"] in DONE:
+                done.add(r["tags"].get(Tag.CELL_ID))
         run.skipped = [c["cell_id"] for c in cells if c["cell_id"] in done]
         cells = [c for c in cells if c["cell_id"] not in done]
     config = cfg.model_dump(mode="json")
@@ -105,7 +106,7 @@ def run_grid(
         git_commit=git_commit(),
     )
     teacher_jobs, cell_jobs = _jobs(context, cells)
-    for stage, jobs in (("teacher", teacher_jobs), ("cell", cell_jobs)):
+    for stage, jobs in ((Kind.TEACHER, teacher_jobs), (Kind.CELL, cell_jobs)):
         if not jobs:
             continue
         try:
@@ -114,9 +115,9 @@ def run_grid(
             _close_orphaned_runs(tracker, stage, jobs, exc.results)
             raise
         _close_orphaned_runs(tracker, stage, jobs, results)
-        if stage == "teacher":
+        if stage == Kind.TEACHER:
             run.teacher_results = results
-            failed = [r for r in results if r.get("status") != "finished"]
+            failed = [r for r in results if r.get("status") != Status.FINISHED]
             if failed:
                 log.warning("%d teacher job(s) failed; their cells will fail too", len(failed))
         else:
@@ -205,16 +206,14 @@ def _close_orphaned_runs(
     Dead workers' runs become ``failed``, interrupted ones ``killed``; their checkpoints
     stay, so a re-run resumes them.
     """
-    id_tag = "kdbench.cell_id" if stage == "cell" else "kdbench.teacher_id"
+    id_tag = Tag.CELL_ID if stage == Kind.CELL else Tag.TEACHER_ID
     for job, result in zip(jobs, results):
         status = result.get("status")
-        if status not in ("failed", "killed"):
+        if status not in (Status.FAILED, Status.KILLED):
             continue
         key = job.cell_id if isinstance(job, CellJob) else job.teacher_id
-        for r in tracker.find_runs({id_tag: key, "kdbench.kind": stage}):
-            if r["status"] == "running":
-                if status == "failed":
-                    tracker.set_tags(
-                        r["run_id"], {"kdbench.error": result.get("error", "worker died")}
-                    )
+        for r in tracker.find_runs({id_tag: key, Tag.KIND: stage}):
+            if r["status"] == Status.RUNNING:
+                if status == Status.FAILED:
+                    tracker.set_tags(r["run_id"], {Tag.ERROR: result.get("error", "worker died")})
                 tracker.finish(r["run_id"], status)

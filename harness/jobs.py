@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from harness.errors import KDBenchError
+from harness.schema import Kind
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class _Record:
 class TeacherJob(_Record):
     """Build (or load from the cache) one teacher and record its sample quality once."""
 
-    kind: ClassVar[str] = "teacher"
+    kind: ClassVar[str] = Kind.TEACHER
 
     context: GridContext
     teacher: dict[str, Any]  # a ``harness.config.Capacity`` as JSON
@@ -113,7 +114,7 @@ CELL_FIELDS = (
 class CellJob(_Record):
     """One teacher x student x objective x seed: KD training, evaluation, one MLflow run."""
 
-    kind: ClassVar[str] = "cell"
+    kind: ClassVar[str] = Kind.CELL
 
     context: GridContext
     cell_id: str

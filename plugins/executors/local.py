@@ -56,6 +56,7 @@ from harness.executor import (
     skipped,
     tally,
 )
+from harness.schema import Status
 
 _POLL_S = 0.2
 
@@ -206,11 +207,11 @@ class _Running:
             if kind == "result":
                 return finalize(self.cell, value)
             if kind == "killed":
-                return outcome(self.cell, "killed", error=value)
+                return outcome(self.cell, Status.KILLED, error=value)
             return failed(self.cell, value)
         reason = _exit_reason(self.proc.exitcode)
         if self.interrupted:
-            return outcome(self.cell, "killed", error=self.note or f"interrupted; {reason}")
+            return outcome(self.cell, Status.KILLED, error=self.note or f"interrupted; {reason}")
         return failed(self.cell, reason)
 
 
@@ -424,7 +425,7 @@ class LocalExecutor(Executor):
                     results.append(finalize(cell, raw))
                 except KeyboardInterrupt:
                     interrupts.count = max(interrupts.count, 1)
-                    results.append(outcome(cell, "killed", error="interrupted"))
+                    results.append(outcome(cell, Status.KILLED, error="interrupted"))
                 except Exception as exc:
                     traceback.print_exc(file=sys.stderr)
                     results.append(failed(cell, describe(exc)))
