@@ -1,7 +1,8 @@
-"""The core's import structure: ``harness`` imports no built-in plugin and has no cycle.
+"""The core's import structure: ``harness`` and its facade ``kdbench`` import no built-in
+plugin and have no cycle; the core never imports the facade.
 
-Imports are read with ``ast`` from every module under ``harness/``, function-local and
-``TYPE_CHECKING`` imports included: a lazy import is still a dependency.
+Imports are read with ``ast`` from every module under ``harness/`` and ``kdbench/``,
+function-local and ``TYPE_CHECKING`` imports included: a lazy import is still a dependency.
 """
 
 from __future__ import annotations
@@ -9,11 +10,17 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-HARNESS = Path(__file__).resolve().parents[1] / "harness"
+ROOT = Path(__file__).resolve().parents[1]
+HARNESS = ROOT / "harness"
+PACKAGES = (HARNESS, ROOT / "kdbench")
+
+
+def _files() -> list[Path]:
+    return [p for package in PACKAGES for p in sorted(package.rglob("*.py"))]
 
 
 def _module_name(path: Path) -> str:
-    parts = path.relative_to(HARNESS.parent).with_suffix("").parts
+    parts = path.relative_to(ROOT).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -24,7 +31,8 @@ def _imports(path: Path, modules: set[str] = frozenset()) -> set[str]:
     ``modules``, else of ``pkg``.
     """
     tree = ast.parse(path.read_text(), filename=str(path))
-    package = _module_name(path).rsplit(".", 1)[0] if path.name != "__init__.py" else "harness"
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -40,7 +48,7 @@ def _imports(path: Path, modules: set[str] = frozenset()) -> set[str]:
 
 
 def _graph() -> dict[str, set[str]]:
-    modules = {_module_name(p): p for p in HARNESS.rglob("*.py")}
+    modules = {_module_name(p): p for p in _files()}
     return {
         name: {m for m in _imports(path, set(modules)) if m in modules and m != name}
         for name, path in modules.items()
@@ -52,12 +60,23 @@ def test_the_walk_sees_function_local_imports():
     assert "harness.registry" in edges["harness.factories"]
     assert "harness.errors" in edges["harness.cli"]
     assert "harness.grid" in edges["harness.cli"]  # imported inside a command
+    assert "harness.errors" in edges["kdbench"]
+
+
+def test_core_does_not_import_its_facade():
+    offenders = sorted(
+        f"{_module_name(path)} imports {name}"
+        for path in HARNESS.rglob("*.py")
+        for name in _imports(path)
+        if name == "kdbench" or name.startswith("kdbench.")
+    )
+    assert offenders == []
 
 
 def test_core_imports_no_builtin_plugin():
     offenders = sorted(
         f"{_module_name(path)} imports {name}"
-        for path in HARNESS.rglob("*.py")
+        for path in _files()
         for name in _imports(path)
         if name == "plugins" or name.startswith("plugins.")
     )

@@ -7,11 +7,10 @@ prediction and keeps only its direction; ``eps`` guards the norms.
 
 import torch.nn.functional as F
 
-from harness import Objective, Outputs, check_pair, hookimpl
-from harness.errors import OptionError
+import kdbench
 
 
-class CosineKD(Objective):
+class CosineKD(kdbench.Objective):
     """Cosine output KD: 1 - cos(student, teacher) per sample."""
 
     name = "cosine"
@@ -19,17 +18,23 @@ class CosineKD(Objective):
     def __init__(self, *, eps: float = 1e-8):
         super().__init__()
         if eps <= 0:
-            raise OptionError(f"eps must be > 0, got {eps}")
+            raise kdbench.OptionError(f"eps must be > 0, got {eps}")
         self.eps = eps
 
-    def forward(self, student: Outputs, teacher: Outputs, step: int = 0, total_steps: int = 1):
-        check_pair(student.pred, teacher.pred)
+    def forward(
+        self,
+        student: kdbench.Outputs,
+        teacher: kdbench.Outputs,
+        step: int = 0,
+        total_steps: int = 1,
+    ):
+        kdbench.check_pair(student.pred, teacher.pred)
         s = student.pred.flatten(1)
         t = teacher.pred.detach().flatten(1)
         loss = (1 - F.cosine_similarity(s, t, dim=1, eps=self.eps)).mean()
         return {"loss": loss}
 
 
-@hookimpl
+@kdbench.hookimpl
 def register_objectives(register):
     register(CosineKD)

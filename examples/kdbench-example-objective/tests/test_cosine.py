@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from harness import Outputs, get_objective
+from kdbench import Outputs, get_objective
 
 
 def test_cosine_is_zero_for_parallel_predictions():
