@@ -214,7 +214,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: TOML syntax error: {exc}") from None
+        raise ConfigError(f"{path}: TOML syntax error: {exc}") from exc
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text file") from None
     cfg = config_from_dict(data, overrides, source=str(path))
@@ -285,7 +285,7 @@ def validate_plugins(cfg: GridConfig, source: str = "<grid>") -> None:
     from harness.factories import build_combination
 
     def fail(key: str, exc: Exception) -> None:
-        raise ConfigError(f"{source}: {key}: {exc}") from None
+        raise ConfigError(f"{source}: {key}: {exc}") from exc
 
     from harness.registry import lookup
 

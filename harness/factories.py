@@ -55,7 +55,7 @@ def get_objective(name: str, **options: Any) -> Objective:
     except OptionError:
         raise
     except (TypeError, ValueError) as exc:
-        raise OptionError(f"objective {name!r}: {exc}") from None
+        raise OptionError(f"objective {name!r}: {exc}") from exc
     obj.options = {**cls.option_defaults(), **options}
     return obj
 

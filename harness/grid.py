@@ -166,7 +166,7 @@ def preflight(cfg: GridConfig, channels: int) -> None:
             elif local:  # not a hub id either
                 raise ConfigError(f"pretrained model folder not found: {source}")
         except KDBenchError as exc:
-            raise ConfigError(f"{key}: {exc}") from None
+            raise ConfigError(f"{key}: {exc}") from exc
     size = cfg.dataset.image_size
     g = torch.Generator().manual_seed(0)
     s = Outputs(torch.randn(2, channels, size, size, generator=g))
@@ -180,7 +180,7 @@ def preflight(cfg: GridConfig, channels: int) -> None:
                     part.setup(s, t)
                     part(student=s, teacher=t, step=0, total_steps=cfg.train.steps)
             except KDBenchError as exc:
-                raise ConfigError(f"objectives[{i}]: {exc}") from None
+                raise ConfigError(f"objectives[{i}]: {exc}") from exc
 
 
 @contextlib.contextmanager

@@ -68,7 +68,7 @@ class _Record:
             context = GridContext(**fields.pop("context"))
             return cls(context=context, **fields)  # type: ignore[call-arg]
         except (KeyError, TypeError) as exc:
-            raise KDBenchError(f"malformed {cls.kind} job: {exc}") from None
+            raise KDBenchError(f"malformed {cls.kind} job: {exc}") from exc
 
     @classmethod
     def from_json(cls, text: str) -> Any:
@@ -145,7 +145,7 @@ def _loads(text: str) -> dict[str, Any]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise KDBenchError(f"a job must be JSON: {exc}") from None
+        raise KDBenchError(f"a job must be JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise KDBenchError(f"a job must be a JSON object, got {type(data).__name__}")
     return data

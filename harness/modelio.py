@@ -62,7 +62,7 @@ def save_model(
     try:
         text = json.dumps(meta, sort_keys=True)
     except TypeError as exc:
-        raise OptionError(f"model spec or extra_meta is not JSON-able: {exc}") from None
+        raise OptionError(f"model spec or extra_meta is not JSON-able: {exc}") from exc
     save_tensors(path, model.state_dict(), metadata={META_KEY: text})
 
 
@@ -73,8 +73,8 @@ def read_model_meta(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a kdbench model file (no '{META_KEY}' metadata)")
     try:
         meta = json.loads(raw)
-    except json.JSONDecodeError:
-        raise CheckpointError(f"{path}: unreadable kdbench metadata") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: unreadable kdbench metadata") from exc
     if not isinstance(meta, dict) or "spec" not in meta or "backbone" not in meta:
         raise CheckpointError(f"{path}: kdbench metadata lacks backbone/spec")
     if meta.get("format") != FORMAT:
@@ -100,7 +100,7 @@ def load_model(
     except KDBenchError as exc:
         raise CheckpointError(
             f"{path}: cannot rebuild its {meta['backbone']} model: {exc}"
-        ) from None
+        ) from exc
     own = model.state_dict()
     missing = sorted(set(own) - set(tensors))
     unexpected = sorted(set(tensors) - set(own))

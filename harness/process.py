@@ -137,7 +137,7 @@ class DDPMProcess(Process):
                 prediction_type="epsilon",
             )
         except NotImplementedError as exc:
-            raise OptionError(f"ddpm: {exc}") from None
+            raise OptionError(f"ddpm: {exc}") from exc
 
     def timestep_of(self, u: Tensor) -> Tensor:
         """Integer steps ``floor(u * T)`` (clamped to T - 1) as a long tensor."""

@@ -166,7 +166,7 @@ def _load(extra_modules: list[Any] | None = None) -> PluginState:
     try:
         manager.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise PluginError(f"a plugin implements an unknown hook: {exc}") from None
+        raise PluginError(f"a plugin implements an unknown hook: {exc}") from exc
 
     for kind, hook_name in _HOOK_OF_KIND.items():
         hook = getattr(manager.hook, hook_name)

@@ -97,7 +97,7 @@ def load_tensors(
     try:
         return load_file(str(path), device=str(device))
     except Exception as exc:
-        raise CheckpointError(f"{path}: unreadable safetensors file ({exc})") from None
+        raise CheckpointError(f"{path}: unreadable safetensors file ({exc})") from exc
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -107,7 +107,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         with safe_open(str(path), framework="pt") as fh:
             return dict(fh.metadata() or {})
     except Exception as exc:
-        raise CheckpointError(f"{path}: unreadable safetensors file ({exc})") from None
+        raise CheckpointError(f"{path}: unreadable safetensors file ({exc})") from exc
 
 
 def torch_load_safe(path: str | os.PathLike, map_location: str = "cpu") -> Any:
@@ -119,4 +119,4 @@ def torch_load_safe(path: str | os.PathLike, map_location: str = "cpu") -> Any:
     except Exception as exc:
         raise CheckpointError(
             f"{path}: refused to load (not a plain weights file: {type(exc).__name__})"
-        ) from None
+        ) from exc

@@ -274,7 +274,7 @@ def load_checkpoint(
     except (RuntimeError, KeyError, ValueError) as exc:
         raise CheckpointError(
             f"{path}: does not fit this model ({str(exc).splitlines()[0]})"
-        ) from None
+        ) from exc
     return int(meta["step"]), json.loads(meta.get("extra", "{}"))
 
 

@@ -146,7 +146,7 @@ class DiTBackbone(Backbone):
                 **{k: v for k, v in arch.items() if k != "out_channels"},
             )
         except (ValueError, TypeError, NotImplementedError) as exc:
-            raise OptionError(f"dit config is invalid: {exc}") from None
+            raise OptionError(f"dit config is invalid: {exc}") from exc
         disable_class_dropout(inner)
         spec = {
             "backbone": self.name,
@@ -164,7 +164,7 @@ class DiTBackbone(Backbone):
         try:
             inner = DiTTransformer2DModel.from_pretrained(path_or_id, **pretrained_kwargs(kwargs))
         except (OSError, ValueError) as exc:
-            raise OptionError(f"dit: cannot load pretrained {path_or_id!r}: {exc}") from None
+            raise OptionError(f"dit: cannot load pretrained {path_or_id!r}: {exc}") from exc
         disable_class_dropout(inner)
         cfg = dict(inner.config)
         channels = cfg["in_channels"]

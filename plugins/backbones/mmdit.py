@@ -178,7 +178,7 @@ class MMDiTBackbone(Backbone):
                 sample_size=image_size, in_channels=channels, out_channels=channels, **kwargs
             )
         except (ValueError, TypeError) as exc:
-            raise OptionError(f"mmdit config is invalid: {exc}") from None
+            raise OptionError(f"mmdit config is invalid: {exc}") from exc
         spec = {
             "backbone": self.name,
             "preset": name,
@@ -198,7 +198,7 @@ class MMDiTBackbone(Backbone):
         try:
             inner = SD3Transformer2DModel.from_pretrained(path_or_id, **pretrained_kwargs(kwargs))
         except (OSError, ValueError) as exc:
-            raise OptionError(f"mmdit: cannot load pretrained {path_or_id!r}: {exc}") from None
+            raise OptionError(f"mmdit: cannot load pretrained {path_or_id!r}: {exc}") from exc
         cfg = dict(inner.config)
         if cfg["in_channels"] != cfg["out_channels"]:
             raise OptionError(

@@ -152,7 +152,7 @@ class UNetBackbone(Backbone):
                 **arch,
             )
         except (ValueError, TypeError) as exc:
-            raise OptionError(f"unet config is invalid: {exc}") from None
+            raise OptionError(f"unet config is invalid: {exc}") from exc
         spec = {
             "backbone": self.name,
             "preset": preset,
@@ -168,7 +168,7 @@ class UNetBackbone(Backbone):
         try:
             inner = UNet2DModel.from_pretrained(path_or_id, **pretrained_kwargs(kwargs))
         except (OSError, ValueError) as exc:
-            raise OptionError(f"unet: cannot load pretrained {path_or_id!r}: {exc}") from None
+            raise OptionError(f"unet: cannot load pretrained {path_or_id!r}: {exc}") from exc
         cfg = dict(inner.config)
         if cfg["in_channels"] != cfg["out_channels"]:
             raise OptionError(

@@ -227,7 +227,7 @@ def _read(path: str, mtime_ns: int, size: int) -> tuple[dict[str, int], dict[str
     try:
         arch = {k: int(meta[k]) for k in ARCH_KEYS}
     except (KeyError, ValueError) as exc:
-        raise CheckpointError(f"{path}: digit classifier metadata is incomplete ({exc})") from None
+        raise CheckpointError(f"{path}: digit classifier metadata is incomplete ({exc})") from exc
     return arch, state
 
 
@@ -249,7 +249,7 @@ def load_classifier(path: str | Path | None = None) -> DigitClassifier:
         msg = str(exc).splitlines()[0]
         raise CheckpointError(
             f"{p}: digit classifier does not match its metadata ({msg})"
-        ) from None
+        ) from exc
     return model.eval().requires_grad_(False)
 
 

@@ -160,7 +160,7 @@ class ImageFolderDataset(ImageDataset):
             with Image.open(path) as im:
                 im = im.convert("L" if self.grayscale else "RGB")
         except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise ConfigError(f"imagefolder: cannot read image {path} ({exc})") from None
+            raise ConfigError(f"imagefolder: cannot read image {path} ({exc})") from exc
         return self.transform(im), self.targets[index]
 
     def classifier(self):

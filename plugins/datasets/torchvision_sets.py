@@ -125,7 +125,7 @@ class CIFAR10Dataset(_TorchvisionSet):
                 for s in (("train", "test") if split == "all" else (split,))
             ]
         except Exception as exc:  # torchvision: RuntimeError (corrupt), URLError (offline)
-            raise ConfigError(f"cifar10: cannot load CIFAR-10 from {folder}: {exc}") from None
+            raise ConfigError(f"cifar10: cannot load CIFAR-10 from {folder}: {exc}") from exc
         self.data = parts[0] if len(parts) == 1 else ConcatDataset(parts)
         self.transform = cifar10_transform(image_size, random_flip)
 
@@ -163,7 +163,7 @@ class CelebADataset(_TorchvisionSet):
         try:
             self.data = CelebA(str(folder), split=split, target_type=[], download=download)
         except Exception as exc:
-            raise ConfigError(f"celeba: cannot load CelebA from {folder}: {exc}") from None
+            raise ConfigError(f"celeba: cannot load CelebA from {folder}: {exc}") from exc
 
 
 class LSUNDataset(_TorchvisionSet):
@@ -205,7 +205,7 @@ class LSUNDataset(_TorchvisionSet):
         try:
             self.data = LSUN(str(folder), classes=classes)
         except Exception as exc:
-            raise ConfigError(f"lsun: cannot open {classes} in {folder}: {exc}") from None
+            raise ConfigError(f"lsun: cannot open {classes} in {folder}: {exc}") from exc
         self.transform = lsun_transform(image_size, random_flip)
 
 

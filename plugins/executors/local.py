@@ -277,7 +277,7 @@ class LocalExecutor(Executor):
         except Exception as exc:
             raise TypeError(
                 f"work must be a picklable top-level function: {describe(exc)}"
-            ) from None
+            ) from exc
         return self._run_processes(cells, work, device_slots(self.workers, visible_gpus()))
 
     # -- in separate processes ----------------------------------------------------------

@@ -210,7 +210,7 @@ class SlurmExecutor(Executor):
                 local_max_num_timeout=self.max_num_timeout,
             )
         except (RuntimeError, ValueError) as exc:
-            raise KDBenchError(f"executor 'slurm': {one_line(str(exc))}") from None
+            raise KDBenchError(f"executor 'slurm': {one_line(str(exc))}") from exc
         if self.cluster is None and executor.cluster != "slurm":
             log.warning(
                 "no SLURM found (srun is missing): running the cells with submitit's %s executor",

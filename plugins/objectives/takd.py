@@ -127,7 +127,7 @@ class TAKD(Objective):
                     raise OptionError(
                         f"objective 'takd': {exc} (or a size preset name, or None for "
                         f"halfway in log-parameters)"
-                    ) from None
+                    ) from exc
         try:
             inner = get_objective(base, **base_options)
         except PluginError:
@@ -136,7 +136,7 @@ class TAKD(Objective):
                 f"{did_you_mean(base, valid)}; valid bases: {', '.join(valid)}"
             ) from None
         except OptionError as exc:
-            raise OptionError(f"objective 'takd': base_options: {exc}") from None
+            raise OptionError(f"objective 'takd': base_options: {exc}") from exc
         if inner.needs_assistant:
             raise OptionError(
                 f"objective 'takd': base {base!r} itself needs an assistant; chains cannot nest"
