@@ -167,8 +167,7 @@ def run_teacher(job: TeacherJob) -> dict[str, Any]:
         tracker.finish(run_id, Status.KILLED)
         raise
     except Exception as exc:
-        tracker.set_tags(run_id, {Tag.ERROR: _one_line(exc)})
-        tracker.finish(run_id, Status.FAILED)
+        tracker.finish(run_id, Status.FAILED, error=_one_line(exc))
         return {"status": Status.FAILED, "teacher_id": job.teacher_id, "error": _one_line(exc)}
     return {
         "status": Status.FINISHED,
@@ -421,7 +420,6 @@ def run_cell(job: CellJob) -> dict[str, Any]:
         raise
     except Exception as exc:
         log.debug("cell %s failed:\n%s", job.cell_id, traceback.format_exc())
-        tracker.set_tags(run_id, {Tag.ERROR: _one_line(exc)})
-        tracker.finish(run_id, Status.FAILED)
+        tracker.finish(run_id, Status.FAILED, error=_one_line(exc))
         result.update(status=Status.FAILED, error=_one_line(exc))
     return result

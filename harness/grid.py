@@ -214,6 +214,5 @@ def _close_orphaned_runs(
         key = job.cell_id if isinstance(job, CellJob) else job.teacher_id
         for r in tracker.find_runs({id_tag: key, Tag.KIND: stage}):
             if r["status"] == Status.RUNNING:
-                if status == Status.FAILED:
-                    tracker.set_tags(r["run_id"], {Tag.ERROR: result.get("error", "worker died")})
-                tracker.finish(r["run_id"], status)
+                error = result.get("error", "worker died") if status == Status.FAILED else None
+                tracker.finish(r["run_id"], status, error=error)

@@ -523,3 +523,48 @@ def test_teacher_smaller_than_student_runs_with_a_warning(tmp_path, shared_cache
         "that cell measures no capacity gap"
     ) in out.stderr
     assert "1 cells" in out.stdout
+
+
+LEAKY_PLUGIN = """
+import kdbench
+
+
+class Leaky(kdbench.Objective):
+    \"\"\"Fails with a message that quotes the tracking URI, password included.\"\"\"
+
+    name = "leaky"
+
+    def forward(self, student, teacher, step=0, total_steps=1):
+        if step >= 2:  # past the grid's preflight call, inside the cell's training
+            raise RuntimeError("lost postgresql://kd:s3cret@db.example/kd mid-step")
+        return {"loss": ((student.pred - teacher.pred) ** 2).mean()}
+
+
+@kdbench.hookimpl
+def register_objectives(register):
+    register(Leaky)
+"""
+
+
+def test_failed_cell_error_tag_hides_the_tracking_password(
+    tmp_path, shared_cache, fake_dist, monkeypatch
+):
+    from harness import cell
+
+    # The cell's tracker writes to the test's SQLite store but believes its URI carries a
+    # password, as a PostgreSQL store's does; the error tag must not repeat it.
+    setup = cell._setup_worker
+
+    def with_password(job):
+        cfg, tracker, device = setup(job)
+        tracker.uri = "postgresql://kd:s3cret@db.example/kd"
+        return cfg, tracker, device
+
+    monkeypatch.setattr(cell, "_setup_worker", with_password)
+    fake_dist("leaky-plugin", "1.0", {"leaky": "fakeplug_leaky"}, {"fakeplug_leaky": LEAKY_PLUGIN})
+    result, client, runs = _run_grid(tmp_path, shared_cache, ["objectives=['leaky']"])
+    [run] = runs
+    assert run.data.tags["kdbench.status"] == "failed"
+    assert run.data.tags["kdbench.error"] == (
+        "RuntimeError: lost postgresql://kd:***@db.example/kd mid-step"
+    )
