@@ -1,4 +1,5 @@
-"""Shared helpers of the built-in backbones: preset resolution, option checks, labels.
+"""Shared code of the built-in backbones: the ``DiffusersBackbone`` base class, preset
+resolution, option checks, labels.
 
 A model is described by its *architecture config*: the keyword arguments of the diffusers
 class (plus a few wrapper options such as MMDiT's ``cond_tokens``) without the ones that
@@ -7,17 +8,23 @@ starts from a preset (the backbone's ``default_preset`` when none is named) and 
 ``config`` on top; the model's ``spec`` stores the merged config (every preset key plus
 the overrides) next to the preset name, and ``build(spec["preset"], config=spec["config"])``
 rebuilds the architecture.
+
+``DiffusersBackbone`` lives here, with the built-in plugins, rather than in the core: the
+core's contract is ``harness.backbone.Backbone`` (what the harness calls), while this class
+encodes one convention for wrapping a diffusers model class (its ``__init__`` keywords as
+the config keys, the data-derived keys, the ``spec`` layout), which follows diffusers'
+signatures and may change with them.  A third-party backbone subclasses ``Backbone``.
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from harness.backbone import DiffusionModel
+from harness.backbone import Backbone, DiffusionModel
 from harness.errors import OptionError, ShapeError
 from harness.registry import did_you_mean
 
@@ -136,3 +143,109 @@ def check_patch_size(backbone: str, image_size: int, arch: dict[str, Any], label
             f"{backbone} {label}: image_size {image_size} must be divisible by the patch size "
             f"{patch}"
         )
+
+
+class DiffusersBackbone(Backbone):
+    """A backbone wrapping one diffusers model class: ``build``, ``from_pretrained``'s
+    common part and ``check_image_size`` from a few class attributes and hooks.
+
+    Subclasses set ``model_class`` (the diffusers class), ``wrapper`` (the
+    ``ConditionedModel`` subclass), ``derived`` (config keys set by ``build``'s arguments),
+    and implement ``model_kwargs`` (the ``model_class`` keywords for one build) and
+    ``taps``; ``wrapper_keys`` are options of the wrapper (key -> default) accepted in the
+    config but not passed to ``model_class``.
+    """
+
+    model_class: ClassVar[type]
+    wrapper: ClassVar[type[ConditionedModel]]
+    derived: ClassVar[dict[str, str]] = {}
+    wrapper_keys: ClassVar[dict[str, Any]] = {}
+    # What the diffusers constructor raises for a config it cannot build.
+    invalid_config_errors: ClassVar[tuple[type[Exception], ...]] = (ValueError, TypeError)
+
+    # -- hooks -----------------------------------------------------------------------------
+    def model_kwargs(
+        self, arch: dict[str, Any], image_size: int, channels: int, num_classes: int
+    ) -> dict[str, Any]:
+        """The ``model_class`` keywords for ``arch`` (may normalise ``arch`` in place)."""
+        raise NotImplementedError
+
+    def taps(self, inner: torch.nn.Module) -> list[str]:
+        """The module paths whose outputs are the model's feature taps, in depth order."""
+        raise NotImplementedError
+
+    def check_arch(self, arch: dict[str, Any]) -> None:
+        """Checks of the merged architecture beyond its keys (none by default)."""
+
+    def check_size(self, image_size: int, arch: dict[str, Any], label: str) -> None:
+        """A transformer patchifies the image: its size must be a multiple of the patch."""
+        check_patch_size(self.name, image_size, arch, label)
+
+    def prepare(self, inner: torch.nn.Module) -> None:
+        """Adjust a freshly built or loaded diffusers model (nothing by default)."""
+
+    # -- shared ----------------------------------------------------------------------------
+    def valid_keys(self) -> list[str]:
+        keys = [k for k in init_kwargs(self.model_class) if k not in self.derived]
+        return keys + list(self.wrapper_keys)
+
+    def resolve(self, preset: str | None, config: dict[str, Any] | None) -> tuple[str, dict]:
+        """(preset name, merged architecture) with every key checked."""
+        name, arch = resolve(
+            self.name,
+            self.presets,
+            preset,
+            self.default_preset,
+            config,
+            self.valid_keys(),
+            self.derived,
+        )
+        for key, default in self.wrapper_keys.items():
+            arch.setdefault(key, default)
+        self.check_arch(arch)
+        return name, arch
+
+    def check_image_size(self, image_size: int, preset: str | None = None) -> None:
+        name, arch = self.resolve(preset, None)
+        self.check_size(image_size, arch, repr(name))
+
+    def spec(self, preset: str | None, arch: dict[str, Any], **data: Any) -> dict[str, Any]:
+        """The model's ``spec``: backbone, preset, config, then the data-derived fields."""
+        return {"backbone": self.name, "preset": preset, "config": arch, **data}
+
+    def build(
+        self,
+        preset: str | None = None,
+        *,
+        image_size: int,
+        channels: int,
+        num_classes: int = 0,
+        config: dict[str, Any] | None = None,
+    ) -> ConditionedModel:
+        check_common(self.name, image_size, channels, num_classes)
+        name, arch = self.resolve(preset, config)
+        self.check_size(image_size, arch, repr(name))
+        kwargs = self.model_kwargs(arch, image_size, channels, num_classes)
+        try:
+            inner = self.model_class(**kwargs)
+        except self.invalid_config_errors as exc:
+            raise OptionError(f"{self.name} config is invalid: {exc}") from exc
+        self.prepare(inner)
+        spec = self.spec(
+            name, arch, image_size=image_size, channels=channels, num_classes=num_classes
+        )
+        return self.wrapper(inner, self.name, spec, self.taps(inner))
+
+    def load_pretrained(self, path_or_id: str, kwargs: dict[str, Any]) -> torch.nn.Module:
+        """``model_class.from_pretrained``; a missing or unreadable model is an OptionError."""
+        try:
+            inner = self.model_class.from_pretrained(path_or_id, **pretrained_kwargs(kwargs))
+        except (OSError, ValueError) as exc:
+            raise OptionError(f"{self.name}: cannot load pretrained {path_or_id!r}: {exc}") from exc
+        self.prepare(inner)
+        return inner
+
+    def arch_of(self, cfg: dict[str, Any], exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+        """The architecture config of a loaded model's diffusers ``config``."""
+        valid = set(init_kwargs(self.model_class)) - set(self.derived) - set(exclude)
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items() if k in valid}

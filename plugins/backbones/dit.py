@@ -34,16 +34,11 @@ from diffusers import DiTTransformer2DModel
 from torch import Tensor
 
 from harness import hookimpl
-from harness.backbone import Backbone
 from harness.errors import OptionError
 from plugins.backbones._common import (
     ConditionedModel,
-    check_common,
-    check_patch_size,
+    DiffusersBackbone,
     class_labels,
-    init_kwargs,
-    pretrained_kwargs,
-    resolve,
     timesteps,
 )
 
@@ -94,7 +89,7 @@ class DiTModel(ConditionedModel):
         return out[:, : x_t.shape[1]] if out.shape[1] != x_t.shape[1] else out
 
 
-class DiTBackbone(Backbone):
+class DiTBackbone(DiffusersBackbone):
     """DiT (diffusers DiTTransformer2DModel), from ~60k parameters to DiT-XL/2."""
 
     name: ClassVar[str] = "dit"
@@ -102,33 +97,15 @@ class DiTBackbone(Backbone):
     default_preset: ClassVar[str] = "s"
     presets: ClassVar[dict[str, dict[str, Any]]] = PRESETS
     cpu_presets: ClassVar[tuple[str, ...]] = ("xxs", "xs", "s", "m", "l")
+    model_class: ClassVar[type] = DiTTransformer2DModel
+    wrapper: ClassVar[type[ConditionedModel]] = DiTModel
+    derived: ClassVar[dict[str, str]] = _DERIVED
+    invalid_config_errors = (ValueError, TypeError, NotImplementedError)
 
-    def _arch(self, preset: str | None, config: dict[str, Any] | None) -> tuple[str, dict]:
-        valid = [k for k in init_kwargs(DiTTransformer2DModel) if k not in _DERIVED]
-        return resolve(
-            self.name, self.presets, preset, self.default_preset, config, valid, _DERIVED
-        )
-
-    @staticmethod
-    def _check_size(image_size: int, arch: dict[str, Any], label: str) -> None:
-        check_patch_size("dit", image_size, arch, label)
-
-    def check_image_size(self, image_size: int, preset: str | None = None) -> None:
-        name, arch = self._arch(preset, None)
-        self._check_size(image_size, arch, repr(name))
-
-    def build(
-        self,
-        preset: str | None = None,
-        *,
-        image_size: int,
-        channels: int,
-        num_classes: int = 0,
-        config: dict[str, Any] | None = None,
-    ) -> DiTModel:
-        check_common(self.name, image_size, channels, num_classes)
-        name, arch = self._arch(preset, config)
-        self._check_size(image_size, arch, repr(name))
+    def model_kwargs(
+        self, arch: dict[str, Any], image_size: int, channels: int, num_classes: int
+    ) -> dict[str, Any]:
+        """``out_channels`` stays in ``arch`` only for a learned-sigma model (``2C``)."""
         out = arch.pop("out_channels", None)
         if out not in (None, channels, 2 * channels):
             raise OptionError(
@@ -137,39 +114,27 @@ class DiTBackbone(Backbone):
             )
         if out == 2 * channels:
             arch["out_channels"] = out
-        try:
-            inner = DiTTransformer2DModel(
-                sample_size=image_size,
-                in_channels=channels,
-                out_channels=arch.get("out_channels", channels),
-                num_embeds_ada_norm=max(num_classes, 1),
-                **{k: v for k, v in arch.items() if k != "out_channels"},
-            )
-        except (ValueError, TypeError, NotImplementedError) as exc:
-            raise OptionError(f"dit config is invalid: {exc}") from exc
-        disable_class_dropout(inner)
-        spec = {
-            "backbone": self.name,
-            "preset": name,
-            "config": arch,
-            "image_size": image_size,
-            "channels": channels,
-            "num_classes": num_classes,
+        return {
+            "sample_size": image_size,
+            "in_channels": channels,
+            "out_channels": arch.get("out_channels", channels),
+            "num_embeds_ada_norm": max(num_classes, 1),
+            **{k: v for k, v in arch.items() if k != "out_channels"},
         }
-        return DiTModel(inner, self.name, spec, dit_taps(inner))
+
+    def prepare(self, inner: DiTTransformer2DModel) -> None:
+        disable_class_dropout(inner)
+
+    def taps(self, inner: DiTTransformer2DModel) -> list[str]:
+        return dit_taps(inner)
 
     def from_pretrained(self, path_or_id: str, **kwargs: Any) -> DiTModel:
         """``DiTTransformer2DModel.from_pretrained(path_or_id, **kwargs)`` (folder or hub
         id; pass ``subfolder="transformer"`` for a pipeline folder)."""
-        try:
-            inner = DiTTransformer2DModel.from_pretrained(path_or_id, **pretrained_kwargs(kwargs))
-        except (OSError, ValueError) as exc:
-            raise OptionError(f"dit: cannot load pretrained {path_or_id!r}: {exc}") from exc
-        disable_class_dropout(inner)
+        inner = self.load_pretrained(path_or_id, kwargs)
         cfg = dict(inner.config)
         channels = cfg["in_channels"]
-        valid = set(init_kwargs(DiTTransformer2DModel)) - set(_DERIVED) - {"out_channels"}
-        arch = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items() if k in valid}
+        arch = self.arch_of(cfg, exclude=("out_channels",))
         if inner.out_channels == 2 * channels:
             arch["out_channels"] = inner.out_channels
         elif inner.out_channels != channels:
@@ -177,15 +142,14 @@ class DiTBackbone(Backbone):
                 f"dit: {path_or_id!r} predicts {inner.out_channels} channels from {channels}; "
                 f"kdbench needs {channels} or {2 * channels}"
             )
-        spec = {
-            "backbone": self.name,
-            "preset": None,
-            "config": arch,
-            "image_size": int(cfg["sample_size"]),
-            "channels": channels,
-            "num_classes": int(cfg["num_embeds_ada_norm"]),
-            "source": str(path_or_id),
-        }
+        spec = self.spec(
+            None,
+            arch,
+            image_size=int(cfg["sample_size"]),
+            channels=channels,
+            num_classes=int(cfg["num_embeds_ada_norm"]),
+            source=str(path_or_id),
+        )
         return DiTModel(inner, self.name, spec, dit_taps(inner))
 
 

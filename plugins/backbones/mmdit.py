@@ -30,16 +30,11 @@ from diffusers import SD3Transformer2DModel
 from torch import Tensor, nn
 
 from harness import hookimpl
-from harness.backbone import Backbone
 from harness.errors import OptionError, ShapeError
 from plugins.backbones._common import (
     ConditionedModel,
-    check_common,
-    check_patch_size,
+    DiffusersBackbone,
     class_labels,
-    init_kwargs,
-    pretrained_kwargs,
-    resolve,
     timesteps,
 )
 
@@ -122,7 +117,7 @@ class MMDiTModel(ConditionedModel):
         ).sample
 
 
-class MMDiTBackbone(Backbone):
+class MMDiTBackbone(DiffusersBackbone):
     """MMDiT (diffusers SD3Transformer2DModel), from ~80k parameters to an SD3-medium size."""
 
     name: ClassVar[str] = "mmdit"
@@ -130,41 +125,21 @@ class MMDiTBackbone(Backbone):
     default_preset: ClassVar[str] = "s"
     presets: ClassVar[dict[str, dict[str, Any]]] = PRESETS
     cpu_presets: ClassVar[tuple[str, ...]] = ("xxs", "xs", "s", "m", "l")
+    model_class: ClassVar[type] = SD3Transformer2DModel
+    wrapper: ClassVar[type[ConditionedModel]] = MMDiTModel
+    derived: ClassVar[dict[str, str]] = _DERIVED
+    wrapper_keys: ClassVar[dict[str, Any]] = _WRAPPER_KEYS
 
-    def _arch(self, preset: str | None, config: dict[str, Any] | None) -> tuple[str, dict]:
-        valid = [k for k in init_kwargs(SD3Transformer2DModel) if k not in _DERIVED]
-        valid += list(_WRAPPER_KEYS)
-        name, arch = resolve(
-            self.name, self.presets, preset, self.default_preset, config, valid, _DERIVED
-        )
-        for key, default in _WRAPPER_KEYS.items():
-            arch.setdefault(key, default)
+    def check_arch(self, arch: dict[str, Any]) -> None:
         if not isinstance(arch["cond_tokens"], int) or arch["cond_tokens"] < 1:
             raise OptionError(
                 f"mmdit: cond_tokens must be an integer >= 1, got {arch['cond_tokens']!r}"
             )
-        return name, arch
 
-    @staticmethod
-    def _check_size(image_size: int, arch: dict[str, Any], label: str) -> None:
-        check_patch_size("mmdit", image_size, arch, label)
-
-    def check_image_size(self, image_size: int, preset: str | None = None) -> None:
-        name, arch = self._arch(preset, None)
-        self._check_size(image_size, arch, repr(name))
-
-    def build(
-        self,
-        preset: str | None = None,
-        *,
-        image_size: int,
-        channels: int,
-        num_classes: int = 0,
-        config: dict[str, Any] | None = None,
-    ) -> MMDiTModel:
-        check_common(self.name, image_size, channels, num_classes)
-        name, arch = self._arch(preset, config)
-        self._check_size(image_size, arch, repr(name))
+    def model_kwargs(
+        self, arch: dict[str, Any], image_size: int, channels: int, num_classes: int
+    ) -> dict[str, Any]:
+        """The caption projection must match the width; ``arch`` records it."""
         width = arch["num_attention_heads"] * arch["attention_head_dim"]
         if arch.setdefault("caption_projection_dim", width) != width:
             raise OptionError(
@@ -173,21 +148,15 @@ class MMDiTBackbone(Backbone):
             )
         kwargs = {k: v for k, v in arch.items() if k not in _WRAPPER_KEYS}
         kwargs.setdefault("pos_embed_max_size", image_size // arch.get("patch_size", 2))
-        try:
-            inner = SD3Transformer2DModel(
-                sample_size=image_size, in_channels=channels, out_channels=channels, **kwargs
-            )
-        except (ValueError, TypeError) as exc:
-            raise OptionError(f"mmdit config is invalid: {exc}") from exc
-        spec = {
-            "backbone": self.name,
-            "preset": name,
-            "config": arch,
-            "image_size": image_size,
-            "channels": channels,
-            "num_classes": num_classes,
+        return {
+            "sample_size": image_size,
+            "in_channels": channels,
+            "out_channels": channels,
+            **kwargs,
         }
-        return MMDiTModel(inner, self.name, spec, mmdit_taps(inner))
+
+    def taps(self, inner: SD3Transformer2DModel) -> list[str]:
+        return mmdit_taps(inner)
 
     def from_pretrained(
         self, path_or_id: str, *, num_classes: int = 0, cond_tokens: int = 4, **kwargs: Any
@@ -195,10 +164,7 @@ class MMDiTBackbone(Backbone):
         """``SD3Transformer2DModel.from_pretrained(path_or_id, **kwargs)`` (pass
         ``subfolder="transformer"`` for a pipeline folder).  The label tables are new unless
         the folder holds ``kdbench_extra.safetensors`` (written by ``export_diffusers``)."""
-        try:
-            inner = SD3Transformer2DModel.from_pretrained(path_or_id, **pretrained_kwargs(kwargs))
-        except (OSError, ValueError) as exc:
-            raise OptionError(f"mmdit: cannot load pretrained {path_or_id!r}: {exc}") from exc
+        inner = self.load_pretrained(path_or_id, kwargs)
         cfg = dict(inner.config)
         if cfg["in_channels"] != cfg["out_channels"]:
             raise OptionError(
@@ -214,18 +180,16 @@ class MMDiTBackbone(Backbone):
         if extra is not None:
             num_classes = extra["cond_embed.weight"].shape[0] - 1
             cond_tokens = extra["cond_embed.weight"].shape[1] // cfg["joint_attention_dim"]
-        valid = set(init_kwargs(SD3Transformer2DModel)) - set(_DERIVED)
-        arch = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items() if k in valid}
+        arch = self.arch_of(cfg)
         arch["cond_tokens"] = cond_tokens
-        spec = {
-            "backbone": self.name,
-            "preset": None,
-            "config": arch,
-            "image_size": int(cfg["sample_size"]),
-            "channels": cfg["in_channels"],
-            "num_classes": num_classes,
-            "source": str(path_or_id),
-        }
+        spec = self.spec(
+            None,
+            arch,
+            image_size=int(cfg["sample_size"]),
+            channels=cfg["in_channels"],
+            num_classes=num_classes,
+            source=str(path_or_id),
+        )
         model = MMDiTModel(inner, self.name, spec, mmdit_taps(inner))
         if extra is not None:
             model.cond_embed.weight.data.copy_(extra["cond_embed.weight"])

@@ -31,15 +31,11 @@ from diffusers import UNet2DModel
 from torch import Tensor
 
 from harness import hookimpl
-from harness.backbone import Backbone
 from harness.errors import OptionError
 from plugins.backbones._common import (
     ConditionedModel,
-    check_common,
+    DiffusersBackbone,
     class_labels,
-    init_kwargs,
-    pretrained_kwargs,
-    resolve,
     timesteps,
 )
 
@@ -103,7 +99,7 @@ class UNetModel(ConditionedModel):
         return self.inner(x_t, timesteps(t, b, x_t.device), class_labels=labels).sample
 
 
-class UNetBackbone(Backbone):
+class UNetBackbone(DiffusersBackbone):
     """DDPM U-Net (diffusers UNet2DModel), from ~45k to 78.7M parameters."""
 
     name: ClassVar[str] = "unet"
@@ -111,15 +107,11 @@ class UNetBackbone(Backbone):
     default_preset: ClassVar[str] = "s"
     presets: ClassVar[dict[str, dict[str, Any]]] = PRESETS
     cpu_presets: ClassVar[tuple[str, ...]] = ("xxs", "xs", "s", "m", "l")
+    model_class: ClassVar[type] = UNet2DModel
+    wrapper: ClassVar[type[ConditionedModel]] = UNetModel
+    derived: ClassVar[dict[str, str]] = _DERIVED
 
-    def _arch(self, preset: str | None, config: dict[str, Any] | None) -> tuple[str, dict]:
-        valid = [k for k in init_kwargs(UNet2DModel) if k not in _DERIVED]
-        return resolve(
-            self.name, self.presets, preset, self.default_preset, config, valid, _DERIVED
-        )
-
-    @staticmethod
-    def _check_size(image_size: int, arch: dict[str, Any], label: str) -> None:
+    def check_size(self, image_size: int, arch: dict[str, Any], label: str) -> None:
         factor = 2 ** (len(arch["block_out_channels"]) - 1)
         if image_size % factor:
             raise OptionError(
@@ -127,48 +119,23 @@ class UNetBackbone(Backbone):
                 f"(2**(levels-1) for {len(arch['block_out_channels'])} levels)"
             )
 
-    def check_image_size(self, image_size: int, preset: str | None = None) -> None:
-        _, arch = self._arch(preset, None)
-        self._check_size(image_size, arch, repr(preset or self.default_preset))
-
-    def build(
-        self,
-        preset: str | None = None,
-        *,
-        image_size: int,
-        channels: int,
-        num_classes: int = 0,
-        config: dict[str, Any] | None = None,
-    ) -> UNetModel:
-        check_common(self.name, image_size, channels, num_classes)
-        preset, arch = self._arch(preset, config)
-        self._check_size(image_size, arch, repr(preset))
-        try:
-            inner = UNet2DModel(
-                sample_size=image_size,
-                in_channels=channels,
-                out_channels=channels,
-                num_class_embeds=num_classes or None,
-                **arch,
-            )
-        except (ValueError, TypeError) as exc:
-            raise OptionError(f"unet config is invalid: {exc}") from exc
-        spec = {
-            "backbone": self.name,
-            "preset": preset,
-            "config": arch,
-            "image_size": image_size,
-            "channels": channels,
-            "num_classes": num_classes,
+    def model_kwargs(
+        self, arch: dict[str, Any], image_size: int, channels: int, num_classes: int
+    ) -> dict[str, Any]:
+        return {
+            "sample_size": image_size,
+            "in_channels": channels,
+            "out_channels": channels,
+            "num_class_embeds": num_classes or None,
+            **arch,
         }
-        return UNetModel(inner, self.name, spec, unet_taps(inner))
+
+    def taps(self, inner: UNet2DModel) -> list[str]:
+        return unet_taps(inner)
 
     def from_pretrained(self, path_or_id: str, **kwargs: Any) -> UNetModel:
         """Load ``UNet2DModel.from_pretrained(path_or_id, **kwargs)`` (folder or hub id)."""
-        try:
-            inner = UNet2DModel.from_pretrained(path_or_id, **pretrained_kwargs(kwargs))
-        except (OSError, ValueError) as exc:
-            raise OptionError(f"unet: cannot load pretrained {path_or_id!r}: {exc}") from exc
+        inner = self.load_pretrained(path_or_id, kwargs)
         cfg = dict(inner.config)
         if cfg["in_channels"] != cfg["out_channels"]:
             raise OptionError(
@@ -179,17 +146,14 @@ class UNetBackbone(Backbone):
         size = size[0] if isinstance(size, (list, tuple)) else size
         if not size:
             raise OptionError(f"unet: {path_or_id!r} does not state its sample_size")
-        valid = set(init_kwargs(UNet2DModel)) - set(_DERIVED)
-        arch = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items() if k in valid}
-        spec = {
-            "backbone": self.name,
-            "preset": None,
-            "config": arch,
-            "image_size": int(size),
-            "channels": cfg["in_channels"],
-            "num_classes": cfg.get("num_class_embeds") or 0,
-            "source": str(path_or_id),
-        }
+        spec = self.spec(
+            None,
+            self.arch_of(cfg),
+            image_size=int(size),
+            channels=cfg["in_channels"],
+            num_classes=cfg.get("num_class_embeds") or 0,
+            source=str(path_or_id),
+        )
         return UNetModel(inner, self.name, spec, unet_taps(inner))
 
 
