@@ -16,7 +16,6 @@ Construction follows the LIFT/PLACE paper's capacity grid (after Diff-Pruning):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ from torch import nn
 
 from harness.config import Capacity, GridConfig, teacher_key
 from harness.errors import CheckpointError, ConfigError
+from harness.ids import stable_hash
 
 log = logging.getLogger("kdbench")
 
@@ -42,11 +42,6 @@ def default_cache_dir() -> Path:
         return Path(os.environ["KDBENCH_CACHE"])
     root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(root) / "kdbench"
-
-
-def _hash(obj: Any) -> str:
-    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -73,16 +68,10 @@ class Context:
         cache_dir: str | Path | None = None,
         progress: bool = True,
     ) -> Context:
-        from harness.factories import get_backbone, get_dataset
+        from harness.factories import dataset_from_config, get_backbone
         from harness.process import get_process
 
-        ds = get_dataset(
-            cfg.dataset.name,
-            root=cfg.dataset.root,
-            image_size=cfg.dataset.image_size,
-            split="train",
-            **cfg.dataset.options,
-        )
+        ds = dataset_from_config(cfg.dataset)
         images, labels = ds.tensors()
         num_classes = ds.num_classes if cfg.model.conditional else 0
         backbone = get_backbone(cfg.model.backbone)
@@ -116,7 +105,7 @@ class Context:
         """Load ``kind/<hash(key)>`` from the cache, or build it with ``make()`` and store it."""
         from harness.modelio import load_model, save_model
 
-        path = self.cache_dir / kind / f"{_hash(key)}.safetensors"
+        path = self.cache_dir / kind / f"{stable_hash(key, 16)}.safetensors"
         path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path) + ".lock"):
             self._copy_shipped(kind, path)

@@ -29,6 +29,7 @@ import torch
 
 from harness import __version__
 from harness.config import Capacity, GridConfig
+from harness.executor import describe, one_line
 from harness.jobs import CellJob, Job, TeacherJob, job_from_json
 from harness.schema import DONE, TRAIN_PREFIX, UNFINISHED, Kind, Metric, Status, Tag
 
@@ -167,8 +168,9 @@ def run_teacher(job: TeacherJob) -> dict[str, Any]:
         tracker.finish(run_id, Status.KILLED)
         raise
     except Exception as exc:
-        tracker.finish(run_id, Status.FAILED, error=_one_line(exc))
-        return {"status": Status.FAILED, "teacher_id": job.teacher_id, "error": _one_line(exc)}
+        error = one_line(describe(exc))
+        tracker.finish(run_id, Status.FAILED, error=error)
+        return {"status": Status.FAILED, "teacher_id": job.teacher_id, "error": error}
     return {
         "status": Status.FINISHED,
         "teacher_id": job.teacher_id,
@@ -181,24 +183,13 @@ def run_teacher(job: TeacherJob) -> dict[str, Any]:
 
 
 def _dataset(cfg: GridConfig):
-    from harness.factories import get_dataset
+    from harness.factories import dataset_from_config
 
-    return get_dataset(
-        cfg.dataset.name,
-        root=cfg.dataset.root,
-        image_size=cfg.dataset.image_size,
-        split="train",
-        **cfg.dataset.options,
-    )
+    return dataset_from_config(cfg.dataset)
 
 
 def _classifier(ds: Any):
     return ds.classifier()
-
-
-def _one_line(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip().splitlines()
-    return text[0][:500] if text else type(exc).__name__
 
 
 def checkpoint_path(job: CellJob) -> Path:
@@ -420,6 +411,7 @@ def run_cell(job: CellJob) -> dict[str, Any]:
         raise
     except Exception as exc:
         log.debug("cell %s failed:\n%s", job.cell_id, traceback.format_exc())
-        tracker.finish(run_id, Status.FAILED, error=_one_line(exc))
-        result.update(status=Status.FAILED, error=_one_line(exc))
+        error = one_line(describe(exc))
+        tracker.finish(run_id, Status.FAILED, error=error)
+        result.update(status=Status.FAILED, error=error)
     return result

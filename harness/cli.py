@@ -94,18 +94,12 @@ def run(
     cfg = load_config(config, overrides)
     cells = expand(cfg)
     if dry_run:
-        from harness.factories import get_dataset
+        from harness.factories import dataset_from_config
         from harness.grid import preflight
         from harness.registry import lookup
 
         try:
-            channels = get_dataset(
-                cfg.dataset.name,
-                root=cfg.dataset.root,
-                image_size=cfg.dataset.image_size,
-                split="train",
-                **cfg.dataset.options,
-            ).channels
+            channels = dataset_from_config(cfg.dataset).channels
         except KDBenchError as exc:  # e.g. a GPU grid validated where its data are absent
             channels = lookup("dataset", cfg.dataset.name).channels
             click.echo(f"kdbench: note: {exc} (a run stops there)", err=True)

@@ -8,8 +8,6 @@ teachers, to find finished cells in MLflow and to resume interrupted ones.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +16,7 @@ import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.errors import ConfigError, KDBenchError
+from harness.ids import stable_hash as _hash
 from harness.registry import did_you_mean
 
 
@@ -384,11 +383,6 @@ def _warn_inverted_gap(cfg: GridConfig, presets: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------- expansion into cells
-
-
-def _hash(obj: Any, n: int = 12) -> str:
-    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:n]
 
 
 def teacher_key(cfg: GridConfig, cap: Capacity) -> dict[str, Any]:

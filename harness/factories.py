@@ -7,7 +7,7 @@ from typing import Any
 
 from harness.errors import OptionError
 from harness.objective import Combination, Objective
-from harness.registry import did_you_mean, lookup
+from harness.registry import check_options, lookup
 
 
 def _check_options(kind: str, name: str, cls: type, options: dict[str, Any]) -> None:
@@ -15,12 +15,7 @@ def _check_options(kind: str, name: str, cls: type, options: dict[str, Any]) -> 
     if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()) and kind != "dataset":
         return
     valid = [p for p in sig.parameters if p not in ("self", "options", "kwargs")]
-    for key in options:
-        if key not in valid:
-            raise OptionError(
-                f"{kind} {name!r} has no option {key!r}{did_you_mean(key, valid)}; "
-                f"valid options: {', '.join(valid) or 'none'}"
-            )
+    check_options(f"{kind} {name!r}", options, valid)
 
 
 def get_backbone(name: str):
@@ -33,6 +28,17 @@ def get_dataset(name: str, **options: Any):
     return cls(**options)
 
 
+def dataset_from_config(dataset: Any, split: str = "train"):
+    """The data set a grid's ``[dataset]`` table (``cfg.dataset``) describes, for ``split``."""
+    return get_dataset(
+        dataset.name,
+        root=dataset.root,
+        image_size=dataset.image_size,
+        split=split,
+        **dataset.options,
+    )
+
+
 def get_executor(name: str, **options: Any):
     cls = lookup("executor", name)
     _check_options("executor", name, cls, options)
@@ -42,14 +48,7 @@ def get_executor(name: str, **options: Any):
 def get_objective(name: str, **options: Any) -> Objective:
     """Build a registered objective by name with validated options."""
     cls = lookup("objective", name)
-    valid = cls.option_names()
-    for key in options:
-        if key not in valid:
-            listed = ", ".join(valid) if valid else "none"
-            raise OptionError(
-                f"objective {name!r} has no option {key!r}{did_you_mean(key, valid)}; "
-                f"valid options: {listed}"
-            )
+    check_options(f"objective {name!r}", options, cls.option_names())
     try:
         obj = cls(**options)
     except OptionError:

@@ -66,17 +66,11 @@ def run_grid(
 ) -> GridRun:
     from harness.capacity import default_cache_dir
     from harness.cell import git_commit, run_job
-    from harness.factories import get_dataset, get_executor
+    from harness.factories import dataset_from_config, get_executor
     from harness.metrics import check_metric_available
     from harness.tracking import Tracker, mask_uri, resolve_uri
 
-    ds = get_dataset(
-        cfg.dataset.name,
-        root=cfg.dataset.root,
-        image_size=cfg.dataset.image_size,
-        split="train",
-        **cfg.dataset.options,
-    )
+    ds = dataset_from_config(cfg.dataset)
     check_metric_available(ds.feature_extractor, cfg.eval.inception_weights)
     preflight(cfg, ds.channels)
     executor = get_executor(cfg.executor.name, **cfg.executor.options)

@@ -43,20 +43,22 @@ from torch.utils.data import Dataset
 
 from harness.datasets import FeatureClassifier
 from harness.errors import KDBenchError, OptionError, ShapeError
+from harness.schema import Metric
 
 INCEPTION_EXTRACTOR = "inception-v3-compat"
 METRICS = ("fid", "kid", "isc", "prc")
 MIN_IMAGES = 10
 NETWORK_TIMEOUT_S = 1.0
 
+# torch-fidelity's result keys -> kdbench's metric names, per metric family.
 _KEYS = {
-    "fid": {"frechet_inception_distance": "fid"},
+    "fid": {"frechet_inception_distance": Metric.FID},
     "kid": {
-        "kernel_inception_distance_mean": "kid_mean",
-        "kernel_inception_distance_std": "kid_std",
+        "kernel_inception_distance_mean": Metric.KID_MEAN,
+        "kernel_inception_distance_std": Metric.KID_STD,
     },
-    "isc": {"inception_score_mean": "isc_mean", "inception_score_std": "isc_std"},
-    "prc": {"precision": "precision", "recall": "recall"},
+    "isc": {"inception_score_mean": Metric.ISC_MEAN, "inception_score_std": Metric.ISC_STD},
+    "prc": {"precision": Metric.PRECISION, "recall": Metric.RECALL},
 }
 
 

@@ -236,7 +236,7 @@ PROCESSES: dict[str, type[Process]] = {"ddpm": DDPMProcess, "flow": FlowProcess}
 
 def get_process(name: str, **options: Any) -> Process:
     """A process by name (``ddpm`` or ``flow``) with validated options."""
-    from harness.registry import did_you_mean
+    from harness.registry import check_options, did_you_mean
 
     if name not in PROCESSES:
         raise OptionError(
@@ -245,10 +245,5 @@ def get_process(name: str, **options: Any) -> Process:
         )
     cls = PROCESSES[name]
     valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    for key in options:
-        if key not in valid:
-            raise OptionError(
-                f"process {name!r} has no option {key!r}{did_you_mean(key, valid)}; "
-                f"valid options: {', '.join(valid)}"
-            )
+    check_options(f"process {name!r}", options, valid)
     return cls(**options)

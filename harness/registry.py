@@ -18,8 +18,10 @@ A plugin that raises on import, or registers something malformed, is recorded in
 from __future__ import annotations
 
 import difflib
+import importlib
 import os
 import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -27,16 +29,30 @@ from typing import Any
 import pluggy
 
 from harness import hookspecs
-from harness.errors import PluginError
+from harness.errors import OptionError, PluginError
 
 PROJECT = "kdbench"
-KINDS = ("objective", "backbone", "dataset", "executor")
-_HOOK_OF_KIND = {
-    "objective": "register_objectives",
-    "backbone": "register_backbones",
-    "dataset": "register_datasets",
-    "executor": "register_executors",
+
+
+@dataclass(frozen=True)
+class PluginKind:
+    """One kind of plugin: the hook that registers it and the class it must subclass."""
+
+    hook: str
+    base: str  # "module:Class", imported when plugins load (these modules import torch)
+
+    def base_class(self) -> type:
+        module, name = self.base.split(":")
+        return getattr(importlib.import_module(module), name)
+
+
+PLUGIN_KINDS: dict[str, PluginKind] = {
+    "objective": PluginKind("register_objectives", "harness.objective:Objective"),
+    "backbone": PluginKind("register_backbones", "harness.backbone:Backbone"),
+    "dataset": PluginKind("register_datasets", "harness.datasets:ImageDataset"),
+    "executor": PluginKind("register_executors", "harness.executor:Executor"),
 }
+KINDS = tuple(PLUGIN_KINDS)
 
 
 @dataclass(frozen=True)
@@ -84,27 +100,8 @@ def _env_list(var: str) -> set[str] | None:
     return {v.strip() for v in value.split(",") if v.strip()}
 
 
-def _base_class(kind: str) -> type:
-    # Imported lazily: these modules import torch.
-    if kind == "objective":
-        from harness.objective import Objective
-
-        return Objective
-    if kind == "backbone":
-        from harness.backbone import Backbone
-
-        return Backbone
-    if kind == "dataset":
-        from harness.datasets import ImageDataset
-
-        return ImageDataset
-    from harness.executor import Executor
-
-    return Executor
-
-
 def _make_register(state: PluginState, kind: str, prov: Provenance):
-    base = _base_class(kind)
+    base = PLUGIN_KINDS[kind].base_class()
 
     def register(cls: Any) -> None:
         name = getattr(cls, "name", None)
@@ -168,8 +165,8 @@ def _load(extra_modules: list[Any] | None = None) -> PluginState:
     except pluggy.PluginValidationError as exc:
         raise PluginError(f"a plugin implements an unknown hook: {exc}") from exc
 
-    for kind, hook_name in _HOOK_OF_KIND.items():
-        hook = getattr(manager.hook, hook_name)
+    for kind, spec in PLUGIN_KINDS.items():
+        hook = getattr(manager.hook, spec.hook)
         for impl in hook.get_hookimpls():
             prov = provenance.get(impl.plugin_name) or Provenance(
                 impl.plugin_name, impl.plugin_name, None, None
@@ -208,6 +205,20 @@ def failures() -> list[Failure]:
 def did_you_mean(name: str, choices: list[str] | set[str] | dict) -> str:
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_options(what: str, options: Iterable[str], valid: Sequence[str]) -> None:
+    """Raise an OptionError for the first of ``options`` not in ``valid``.
+
+    ``what`` names the owner (``"objective 'place'"``); the message suggests the closest
+    valid name and lists them all.
+    """
+    for key in options:
+        if key not in valid:
+            raise OptionError(
+                f"{what} has no option {key!r}{did_you_mean(key, valid)}; "
+                f"valid options: {', '.join(valid) or 'none'}"
+            )
 
 
 def lookup(kind: str, name: str) -> type:

@@ -22,21 +22,27 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import KDBenchError
-from harness.schema import DONE, Kind, Status
+from harness.schema import DONE, Kind, Metric, Status
 
 LOWER_IS_BETTER = {
-    "fid",
-    "kid_mean",
-    "kid_std",
-    "peak_mem_mb",
-    "time_train_s",
-    "time_sample_s",
-    "time_metrics_s",
-    "time_teacher_s",
-    "time_assistant_s",
-    "teacher_share",
+    Metric.FID,
+    Metric.KID_MEAN,
+    Metric.KID_STD,
+    Metric.PEAK_MEM_MB,
+    Metric.TIME_TRAIN_S,
+    Metric.TIME_SAMPLE_S,
+    Metric.TIME_METRICS_S,
+    Metric.TIME_TEACHER_S,
+    Metric.TIME_ASSISTANT_S,
+    Metric.TEACHER_SHARE,
 }
-HIGHER_IS_BETTER = {"isc_mean", "precision", "recall", "class_acc", "iter_per_s"}
+HIGHER_IS_BETTER = {
+    Metric.ISC_MEAN,
+    Metric.PRECISION,
+    Metric.RECALL,
+    Metric.CLASS_ACC,
+    Metric.ITER_PER_S,
+}
 OBJECTIVE_ORDER = ("none", "outkd", "featkd", "dist", "takd", "lift", "place")
 DECIMALS = {
     "fid": 2,

@@ -330,19 +330,19 @@ def test_slurm_preempted_job_is_requeued_and_resumes(tmp_path, importable_work):
 
 def test_cell_job_checkpoint_resubmits_the_same_cell(tmp_path):
     submitit = pytest.importorskip("submitit")
-    from plugins.executors.slurm import CellJob
+    from plugins.executors.slurm import RequeueableCell
 
     cell = make_cells(tmp_path, 1)[0]
-    job = CellJob(fns.record, cell)
+    job = RequeueableCell(fns.record, cell)
     assert isinstance(job, submitit.helpers.Checkpointable)
     delayed = job.checkpoint()
     assert isinstance(delayed, submitit.helpers.DelayedSubmission)
-    assert isinstance(delayed.function, CellJob) and delayed.function is not job
+    assert isinstance(delayed.function, RequeueableCell) and delayed.function is not job
     assert delayed.function.cell == cell and delayed.function.work is fns.record
     assert (delayed.args, delayed.kwargs) == ((), {})
     assert delayed.result()["value"] == 0
     again = pickle.loads(pickle.dumps(job))  # by reference, as the job process loads it
-    assert type(again) is CellJob and again.cell == cell
+    assert type(again) is RequeueableCell and again.cell == cell
 
 
 def test_slurm_options_reach_the_sbatch_script(tmp_path, monkeypatch):

@@ -247,9 +247,7 @@ def load_classifier(path: str | Path | None = None) -> DigitClassifier:
         model.load_state_dict(state)
     except RuntimeError as exc:
         msg = str(exc).splitlines()[0]
-        raise CheckpointError(
-            f"{p}: digit classifier does not match its metadata ({msg})"
-        ) from exc
+        raise CheckpointError(f"{p}: digit classifier does not match its metadata ({msg})") from exc
     return model.eval().requires_grad_(False)
 
 

@@ -7,10 +7,11 @@ Choices:
   (SLURM when ``srun`` is found, else its local executor); ``"local"`` runs the jobs as
   local processes (tests; all start at once and all see ``CUDA_VISIBLE_DEVICES=0``) and
   ``"debug"`` runs them in this process.
-- Each job runs a :class:`CellJob`, a ``submitit.helpers.Checkpointable``: when SLURM
+- Each job runs a :class:`RequeueableCell`, a ``submitit.helpers.Checkpointable``: when SLURM
   preempts the job or its time runs out, submitit calls ``checkpoint()``, which resubmits
   the same cell; the cell resumes from its own checkpoint because ``work`` is resumable.
-  ``CellJob`` is built on first use so that importing this plugin does not import submitit.
+  ``RequeueableCell`` is built on first use so that importing this plugin does not import
+  submitit.
 - ``timeout_min`` defaults to 240 minutes (submitit's own defaults are 5 on SLURM and 2 on
   its local executor); a timed-out job is requeued at most ``max_num_timeout`` times.
 - A job that fails is reported ``failed`` with the last line of its error (the exception
@@ -59,15 +60,15 @@ def import_submitit():
     return submitit
 
 
-_CELL_JOB: type | None = None
+_REQUEUEABLE_CELL: type | None = None
 
 
-def _cell_job_class() -> type:
-    global _CELL_JOB
-    if _CELL_JOB is None:
+def _requeueable_cell_class() -> type:
+    global _REQUEUEABLE_CELL
+    if _REQUEUEABLE_CELL is None:
         helpers = import_submitit().helpers
 
-        class CellJob(helpers.Checkpointable):
+        class RequeueableCell(helpers.Checkpointable):
             """One grid cell as a submitit job; ``checkpoint()`` requeues the same cell."""
 
             def __init__(self, work: Work, cell: Cell):
@@ -82,17 +83,17 @@ def _cell_job_class() -> type:
                 # checkpoint on disk is what the next attempt resumes from.
                 return helpers.DelayedSubmission(type(self)(self.work, self.cell))
 
-        CellJob.__module__ = __name__
-        CellJob.__qualname__ = "CellJob"
-        _CELL_JOB = CellJob
-    return _CELL_JOB
+        RequeueableCell.__module__ = __name__
+        RequeueableCell.__qualname__ = "RequeueableCell"
+        _REQUEUEABLE_CELL = RequeueableCell
+    return _REQUEUEABLE_CELL
 
 
 def __getattr__(name: str) -> Any:
-    # PEP 562: ``plugins.executors.slurm.CellJob`` exists on demand, also when a job
+    # PEP 562: ``plugins.executors.slurm.RequeueableCell`` exists on demand, also when a job
     # process unpickles it.
-    if name == "CellJob":
-        return _cell_job_class()
+    if name == "RequeueableCell":
+        return _requeueable_cell_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -222,8 +223,8 @@ class SlurmExecutor(Executor):
     def submit(self, cells: list[Cell], work: Work, executor: Any = None) -> list[Any]:
         """Submit one job per cell (a job array) and return the submitit jobs, in order."""
         executor = executor if executor is not None else self.make_submitit_executor()
-        cell_job = _cell_job_class()
-        return executor.submit_array([cell_job(work, cell) for cell in cells])
+        requeueable = _requeueable_cell_class()
+        return executor.submit_array([requeueable(work, cell) for cell in cells])
 
     def run(self, cells: list[Cell], work: Work) -> list[dict[str, Any]]:
         self.results = None
