@@ -297,6 +297,13 @@ def _step_logger(tracker: Any, run_id: str, settings: Any):
 
 
 def run_cell(job: CellJob) -> dict[str, Any]:
+    """Train and evaluate one grid cell (teacher, student, objective, seed) in this process.
+
+    Opens (or resumes) the cell's MLflow run, builds the teacher and the student from
+    the cache, distils with the cell's objective, evaluates, and ends the run as
+    finished, diverged or failed; a failure is recorded, not raised.  Returns the result
+    dict (``status``, ``cell_id``, ``run_id``, metrics or ``error``) the executor reports.
+    """
     from harness import capacity
     from harness.capacity import Context
     from harness.errors import DivergedError

@@ -207,6 +207,10 @@ def _format_validation_error(source: str, exc: ValidationError) -> str:
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> GridConfig:
+    """Read a grid file (TOML), apply ``--set`` style ``overrides`` (``key=value``, value
+    in TOML syntax) and validate it; every problem is a ``ConfigError`` naming the file
+    and the key.
+    """
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: grid file not found")

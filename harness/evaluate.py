@@ -70,6 +70,14 @@ def evaluate(
     progress: bool = False,
     cache_dir: str | None = None,
 ) -> tuple[dict[str, float], Tensor]:
+    """Sample ``eval_cfg.num_samples`` images from ``model`` and score them against
+    ``reference`` (real images, ``[N, C, H, W]`` in [-1, 1]).
+
+    Metrics are those of ``eval_cfg.metrics`` (torch-fidelity on ``feature_extractor``),
+    plus ``class_acc`` when a ``classifier`` is given and the model is class-conditional,
+    plus sampling and metric times.  Returns ``(metrics, images)``; samples with NaN/inf
+    raise ``FloatingPointError``.
+    """
     from harness.metrics import class_accuracy, compute_metrics
 
     start = time.perf_counter()

@@ -19,10 +19,13 @@ def _check_options(kind: str, name: str, cls: type, options: dict[str, Any]) -> 
 
 
 def get_backbone(name: str):
+    """The registered backbone ``name`` (a ``Backbone``; ``.build`` makes models)."""
     return lookup("backbone", name)()
 
 
 def get_dataset(name: str, **options: Any):
+    """The registered data set ``name`` built with ``options`` (checked against its
+    ``__init__``: an unknown option is an ``OptionError`` suggesting the closest)."""
     cls = lookup("dataset", name)
     _check_options("dataset", name, cls, options)
     return cls(**options)
@@ -40,13 +43,19 @@ def dataset_from_config(dataset: Any, split: str = "train"):
 
 
 def get_executor(name: str, **options: Any):
+    """The registered executor ``name`` built with checked ``options``."""
     cls = lookup("executor", name)
     _check_options("executor", name, cls, options)
     return cls(**options)
 
 
 def get_objective(name: str, **options: Any) -> Objective:
-    """Build a registered objective by name with validated options."""
+    """Build a registered objective by name with validated options.
+
+    Options are the objective's ``__init__`` keywords; an unknown one, or a value its
+    constructor rejects, is an ``OptionError``.  ``obj.options`` records every option with
+    its defaults filled in (logged as the run's parameters).
+    """
     cls = lookup("objective", name)
     check_options(f"objective {name!r}", options, cls.option_names())
     try:

@@ -64,6 +64,17 @@ def run_grid(
     progress: bool = True,
     workdir: str | Path = ".",
 ) -> GridRun:
+    """Run every cell of a validated grid and record each in MLflow; the core's entry point.
+
+    Checks the data set, metrics and objectives (``preflight``), opens (creating) the
+    store at ``tracking_uri`` (else the grid's ``tracking.uri``; ``tracking.resolve_uri``
+    resolves it against ``workdir``), builds each distinct teacher once, then hands the
+    cells to the grid's executor.  Finished cells are skipped and interrupted ones resume
+    from their checkpoints unless ``rerun``.  ``cache_dir``: teachers, checkpoints and
+    teacher predictions (default ``~/.cache/kdbench``).  Returns the ``GridRun`` with one
+    result per cell; on Ctrl-C the runs left open are closed as killed and the
+    executor's ``GridInterrupted`` propagates.
+    """
     from harness.capacity import default_cache_dir
     from harness.cell import git_commit, run_job
     from harness.factories import dataset_from_config, get_executor

@@ -36,7 +36,8 @@ class Outputs:
 
 
 class Objective(nn.Module):
-    """Base class of KD objectives (see ``reference/objectives.md`` for the math).
+    """Base class of KD objectives (the README's "Objectives" table lists the built-in
+    ones with their papers; each module under ``plugins/objectives/`` states its math).
 
     Class attributes a subclass sets:
       ``name``: the registry name; ``needs_features``: the trainer then taps features;
