@@ -15,6 +15,7 @@ counts Ctrl-C while a grid runs, :func:`progress_bar` and :func:`tally` show pro
 
 from __future__ import annotations
 
+import importlib
 import signal
 import threading
 from collections import Counter
@@ -23,7 +24,7 @@ from typing import Any, ClassVar
 
 from tqdm import tqdm
 
-from harness.errors import OptionError
+from harness.errors import KDBenchError, OptionError
 from harness.schema import WORK_STATUSES, Status
 
 Cell = Any
@@ -120,6 +121,21 @@ class InterruptCounter:
         if self._installed:
             signal.signal(signal.SIGINT, self._previous)
             self._installed = False
+
+
+def import_extra(module: str, executor: str, extra: str) -> Any:
+    """``import module``, or a KDBenchError naming the pip extra that installs it.
+
+    Executors import their cluster library on first use, so that loading the plugin (and
+    ``kdbench plugins``) works without it.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        # The install hint is the whole story; ImportError's chain would be noise.
+        raise KDBenchError(
+            f"the {executor} executor needs `pip install kdbench[{extra}]`"
+        ) from None
 
 
 def check_positive(

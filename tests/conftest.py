@@ -55,6 +55,18 @@ def fake_dist(tmp_path, monkeypatch):
     registry.reload()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests: two OpenMP threads on a shared 2-core machine
+    spin against other jobs (20x slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "kdbench-example-objective"
 
 # The smallest real grid: one pruned teacher/student pair on the embedded digits, a few

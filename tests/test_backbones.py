@@ -16,13 +16,7 @@ from harness.storage import save_tensors
 BACKBONES = ["unet", "dit", "mmdit"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Two OpenMP threads on a shared 2-core machine spin against other jobs (20x slower).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def backbone(name):

@@ -12,13 +12,7 @@ from harness.errors import OptionError, ShapeError
 from harness.process import DDPMProcess, FlowProcess, get_process
 from harness.registry import lookup
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def batch(b=6, seed=0):

@@ -15,13 +15,7 @@ from harness.process import get_process
 from harness.pruning import prune
 from harness.registry import lookup
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def base(preset="xxs"):

@@ -156,6 +156,9 @@ class DiffusersBackbone(Backbone):
     config but not passed to ``model_class``.
     """
 
+    # Every built-in backbone has the CPU ladder xxs..l and defaults to "s".
+    default_preset: ClassVar[str] = "s"
+    cpu_presets: ClassVar[tuple[str, ...]] = ("xxs", "xs", "s", "m", "l")
     model_class: ClassVar[type]
     wrapper: ClassVar[type[ConditionedModel]]
     derived: ClassVar[dict[str, str]] = {}
@@ -244,6 +247,15 @@ class DiffusersBackbone(Backbone):
             raise OptionError(f"{self.name}: cannot load pretrained {path_or_id!r}: {exc}") from exc
         self.prepare(inner)
         return inner
+
+    def check_predicts_input(self, path_or_id: str, cfg: dict[str, Any], target: str) -> None:
+        """A loaded model must map its input channels to as many (``target`` of them)."""
+        if cfg["in_channels"] != cfg["out_channels"]:
+            raise OptionError(
+                f"{self.name}: {path_or_id!r} maps {cfg['in_channels']} to "
+                f"{cfg['out_channels']} channels; kdbench needs a model that predicts "
+                f"{target} of its input"
+            )
 
     def arch_of(self, cfg: dict[str, Any], exclude: tuple[str, ...] = ()) -> dict[str, Any]:
         """The architecture config of a loaded model's diffusers ``config``."""

@@ -27,7 +27,7 @@ Taps: the output of every transformer block (``[B, N, D]`` tokens).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from diffusers import DiTTransformer2DModel
@@ -92,14 +92,12 @@ class DiTModel(ConditionedModel):
 class DiTBackbone(DiffusersBackbone):
     """DiT (diffusers DiTTransformer2DModel), from ~60k parameters to DiT-XL/2."""
 
-    name: ClassVar[str] = "dit"
-    default_process: ClassVar[str] = "ddpm"
-    default_preset: ClassVar[str] = "s"
-    presets: ClassVar[dict[str, dict[str, Any]]] = PRESETS
-    cpu_presets: ClassVar[tuple[str, ...]] = ("xxs", "xs", "s", "m", "l")
-    model_class: ClassVar[type] = DiTTransformer2DModel
-    wrapper: ClassVar[type[ConditionedModel]] = DiTModel
-    derived: ClassVar[dict[str, str]] = _DERIVED
+    name = "dit"
+    default_process = "ddpm"
+    presets = PRESETS
+    model_class = DiTTransformer2DModel
+    wrapper = DiTModel
+    derived = _DERIVED
     invalid_config_errors = (ValueError, TypeError, NotImplementedError)
 
     def model_kwargs(

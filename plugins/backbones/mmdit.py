@@ -23,7 +23,7 @@ Taps: the image-stream output of every joint block (a block returns
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from diffusers import SD3Transformer2DModel
@@ -120,15 +120,13 @@ class MMDiTModel(ConditionedModel):
 class MMDiTBackbone(DiffusersBackbone):
     """MMDiT (diffusers SD3Transformer2DModel), from ~80k parameters to an SD3-medium size."""
 
-    name: ClassVar[str] = "mmdit"
-    default_process: ClassVar[str] = "flow"
-    default_preset: ClassVar[str] = "s"
-    presets: ClassVar[dict[str, dict[str, Any]]] = PRESETS
-    cpu_presets: ClassVar[tuple[str, ...]] = ("xxs", "xs", "s", "m", "l")
-    model_class: ClassVar[type] = SD3Transformer2DModel
-    wrapper: ClassVar[type[ConditionedModel]] = MMDiTModel
-    derived: ClassVar[dict[str, str]] = _DERIVED
-    wrapper_keys: ClassVar[dict[str, Any]] = _WRAPPER_KEYS
+    name = "mmdit"
+    default_process = "flow"
+    presets = PRESETS
+    model_class = SD3Transformer2DModel
+    wrapper = MMDiTModel
+    derived = _DERIVED
+    wrapper_keys = _WRAPPER_KEYS
 
     def check_arch(self, arch: dict[str, Any]) -> None:
         if not isinstance(arch["cond_tokens"], int) or arch["cond_tokens"] < 1:
@@ -166,11 +164,7 @@ class MMDiTBackbone(DiffusersBackbone):
         the folder holds ``kdbench_extra.safetensors`` (written by ``export_diffusers``)."""
         inner = self.load_pretrained(path_or_id, kwargs)
         cfg = dict(inner.config)
-        if cfg["in_channels"] != cfg["out_channels"]:
-            raise OptionError(
-                f"mmdit: {path_or_id!r} maps {cfg['in_channels']} to {cfg['out_channels']} "
-                "channels; kdbench needs a model that predicts the velocity of its input"
-            )
+        self.check_predicts_input(path_or_id, cfg, "the velocity")
         extra = _read_cond_tables(path_or_id, kwargs.get("subfolder"))
         if extra is not None and set(extra) != {"cond_embed.weight", "pooled_embed.weight"}:
             raise OptionError(

@@ -25,7 +25,7 @@ returns ``(hidden_states, residuals)``; the tap records ``hidden_states`` (eleme
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 from diffusers import UNet2DModel
 from torch import Tensor
@@ -102,14 +102,12 @@ class UNetModel(ConditionedModel):
 class UNetBackbone(DiffusersBackbone):
     """DDPM U-Net (diffusers UNet2DModel), from ~45k to 78.7M parameters."""
 
-    name: ClassVar[str] = "unet"
-    default_process: ClassVar[str] = "ddpm"
-    default_preset: ClassVar[str] = "s"
-    presets: ClassVar[dict[str, dict[str, Any]]] = PRESETS
-    cpu_presets: ClassVar[tuple[str, ...]] = ("xxs", "xs", "s", "m", "l")
-    model_class: ClassVar[type] = UNet2DModel
-    wrapper: ClassVar[type[ConditionedModel]] = UNetModel
-    derived: ClassVar[dict[str, str]] = _DERIVED
+    name = "unet"
+    default_process = "ddpm"
+    presets = PRESETS
+    model_class = UNet2DModel
+    wrapper = UNetModel
+    derived = _DERIVED
 
     def check_size(self, image_size: int, arch: dict[str, Any], label: str) -> None:
         factor = 2 ** (len(arch["block_out_channels"]) - 1)
@@ -137,11 +135,7 @@ class UNetBackbone(DiffusersBackbone):
         """Load ``UNet2DModel.from_pretrained(path_or_id, **kwargs)`` (folder or hub id)."""
         inner = self.load_pretrained(path_or_id, kwargs)
         cfg = dict(inner.config)
-        if cfg["in_channels"] != cfg["out_channels"]:
-            raise OptionError(
-                f"unet: {path_or_id!r} maps {cfg['in_channels']} to {cfg['out_channels']} "
-                "channels; kdbench needs a model that predicts epsilon of its input"
-            )
+        self.check_predicts_input(path_or_id, cfg, "epsilon")
         size = cfg["sample_size"]
         size = size[0] if isinstance(size, (list, tuple)) else size
         if not size:

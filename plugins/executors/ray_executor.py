@@ -36,6 +36,7 @@ from harness.executor import (
     describe,
     failed,
     finalize,
+    import_extra,
     one_line,
     outcome,
     progress_bar,
@@ -47,11 +48,7 @@ _POLL_S = 0.5
 
 
 def import_ray():
-    try:
-        import ray
-    except ImportError:
-        raise KDBenchError("the ray executor needs `pip install kdbench[ray]`") from None
-    return ray
+    return import_extra("ray", "ray", "ray")
 
 
 def check_fits(nodes: list[dict[str, float]], num_cpus: float, num_gpus: float) -> None:

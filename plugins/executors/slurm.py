@@ -39,6 +39,7 @@ from harness.executor import (
     describe,
     failed,
     finalize,
+    import_extra,
     one_line,
     outcome,
     progress_bar,
@@ -53,11 +54,7 @@ _TRACE_RULE = "-" * 22  # submitit frames a failed job's traceback with this lin
 
 
 def import_submitit():
-    try:
-        import submitit
-    except ImportError:
-        raise KDBenchError("the slurm executor needs `pip install kdbench[slurm]`") from None
-    return submitit
+    return import_extra("submitit", "slurm", "slurm")
 
 
 _REQUEUEABLE_CELL: type | None = None
