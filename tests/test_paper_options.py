@@ -321,3 +321,22 @@ def test_no_warning_for_the_papers_rows(tmp_path, recwarn):
     )
     preflight(cfg, channels=1)
     assert not [w for w in recwarn if "sums" in str(w.message)]
+
+
+def test_featkd_tinyfusion_mask_and_layer_mean_match_training_losses_kd_rep():
+    fs = {f"blocks.{i}": randn(2, 6, 5, seed=20 + i) for i in range(3)}
+    ft = {k: v + 0.3 * randn(2, 6, 5, seed=30 + i) for i, (k, v) in enumerate(fs.items())}
+    fs["blocks.0"][0, 0, 0] = 40.0  # a massive activation, masked out on the student side
+    s, t = Outputs(randn(2, 1, 2, 2), fs), Outputs(randn(2, 1, 2, 2), ft)
+    expected = 0.0
+    for k in fs:  # TinyFusion_EXP/diffusion/gaussian_diffusion.py, training_losses_kd_rep
+        var_s, mean_s = torch.var_mean(fs[k], dim=[1, 2], keepdim=True)
+        var_t, mean_t = torch.var_mean(ft[k], dim=[1, 2], keepdim=True)
+        mask_t = (ft[k] - mean_t).abs() < 2 * var_t.sqrt()
+        mask_s = (fs[k] - mean_s).abs() < 2 * var_s.sqrt()
+        expected += ((mask_s * fs[k] - mask_t * ft[k]) ** 2).mean(dim=(1, 2))
+    expected = (expected / len(fs)).mean()
+    obj = get_objective("featkd", masked=True, mask_style="zeroed", layer_mean=True)
+    assert obj(student=s, teacher=t)["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+    kept = get_objective("featkd", masked=True)(student=s, teacher=t)["loss"].item()
+    assert kept != pytest.approx(expected.item(), rel=1e-3)

@@ -23,10 +23,10 @@ def _channel_dim(x: Tensor) -> int:
     return 1 if x.dim() == 4 else -1
 
 
-def _keep(x: Tensor) -> Tensor:
+def _keep(x: Tensor, correction: int = 0) -> Tensor:
     """TinyFusion's mask: per sample, elements within two standard deviations of the mean."""
     dims = tuple(range(1, x.dim()))
-    sigma, mu = torch.std_mean(x, dim=dims, correction=0, keepdim=True)
+    sigma, mu = torch.std_mean(x, dim=dims, correction=correction, keepdim=True)
     return (x - mu).abs() < 2 * sigma
 
 
@@ -52,6 +52,11 @@ class FeatKD(Objective):
     ``FitNetLoss`` (its weight 1e-6 multiplies that scale);
     ``decay``: ``"none"`` (default) or ``"linear"``, the loss times ``1 - step/total_steps``
     (TinyFusion's feature weight, which it lowers linearly to 0 per epoch);
+    ``mask_style`` (with ``masked``): ``"kept"`` (default) averages the squared error over
+    the elements both masks keep; ``"zeroed"`` is TinyFusion's ``training_losses_kd_rep``:
+    ``mean((mask_s * f_s - mask_t * f_t)^2)`` over all elements, masks from the unbiased
+    std (``torch.var_mean``'s default there);
+    ``layer_mean``: divide the sum over taps by their number (TinyFusion's ``/ cnt``);
     ``masked`` applies TinyFusion's (Fang et al., CVPR 2025) massive-activation mask:
     per sample, with the mean and population std over all non-batch dims, keep elements
     with ``|f - mu| < 2 sigma``; the student's mask is taken on ``adapter(f_s)`` (in the
@@ -70,8 +75,16 @@ class FeatKD(Objective):
         taps: str = "blocks",
         reduction: str = "mean",
         decay: str = "none",
+        mask_style: str = "kept",
+        layer_mean: bool = False,
     ):
         super().__init__()
+        self.mask_style = check_choice(self.name, "mask_style", mask_style, ("kept", "zeroed"))
+        if not isinstance(layer_mean, bool):
+            raise OptionError(
+                f"objective 'featkd': layer_mean must be true or false, got {layer_mean!r}"
+            )
+        self.layer_mean = layer_mean
         self.tap_set = check_choice(self.name, "taps", taps, TAP_SETS)
         self.reduction = check_choice(self.name, "reduction", reduction, ("mean", "sum"))
         self.decay = check_choice(self.name, "decay", decay, ("none", "linear"))
@@ -182,7 +195,12 @@ class FeatKD(Objective):
             mapped = as_float(self.adapters[_slot(tap)](as_float(fs)))
             target = as_float(ft)
             sq = (mapped - target).square()
-            if self.masked:
+            if self.masked and self.mask_style == "zeroed":
+                with torch.no_grad():
+                    keep_s, keep_t = _keep(mapped.detach(), 1), _keep(target, 1)
+                sq = (mapped * keep_s - target * keep_t).square()
+                term = sq.sum() / sq.shape[0] if self.reduction == "sum" else sq.mean()
+            elif self.masked:
                 with torch.no_grad():
                     keep = _keep(mapped.detach()) & _keep(target)
                 kept = torch.where(keep, sq, 0).sum()
@@ -195,6 +213,8 @@ class FeatKD(Objective):
                 term = sq.sum() / sq.shape[0] if self.reduction == "sum" else sq.mean()
             terms[f"layer/{tap}"] = term
             total = total + term
+        if self.layer_mean:
+            total = total / len(taps)
         if self.decay == "linear":
             total = total * max(0.0, 1.0 - step / max(total_steps, 1))
         terms["loss"] = total  # taps is never empty, so total is a tensor
