@@ -106,7 +106,9 @@ def official_lift_place(et_s, et_t, patch_size, eps, use_l2=False):
     return (loss_s + loss_i) * patch_size + (1.0 - min(1.0, float(sch.detach()))) * recon
 
 
-def official_diff_pruning(student, teacher, batches, adapters, *, lamb=1.0, fit_weight=1e-6):
+def official_diff_pruning(
+    student, teacher, batches, adapters, *, lamb=1.0, fit_weight=1e-6, steps=STEPS
+):
     """Diff-Pruning's KD fine-tuning loop (``runners/diffusion.py``), ``LIFT_PLACE_fitnet``."""
     model = copy.deepcopy(student)
     adapters = copy.deepcopy(adapters)
@@ -118,7 +120,7 @@ def official_diff_pruning(student, teacher, batches, adapters, *, lamb=1.0, fit_
     hooks += [
         m.register_forward_hook(lambda m, i, o: t_feats.append(o.detach())) for m in t_modules
     ]
-    for step in range(STEPS):
+    for step in range(steps):
         batch = batches(step)
         s_feats.clear()
         t_feats.clear()
@@ -182,7 +184,7 @@ DIFF_PRUNING = {
 }
 
 
-def kdbench_run(student, teacher, batches, train_opts, parts, *, adapters_from=None):
+def kdbench_run(student, teacher, batches, train_opts, parts, *, adapters_from=None, steps=STEPS):
     model = copy.deepcopy(student)
     objective = build_combination(parts)
     pairs = get_backbone("unet").pair_taps(model, teacher, objective.tap_set)
@@ -199,7 +201,7 @@ def kdbench_run(student, teacher, batches, train_opts, parts, *, adapters_from=N
         if adapters_from is not None:
             objective.load_state_dict(adapters_from.state_dict())
     settings = LoopSettings(
-        steps=STEPS,
+        steps=steps,
         batch_size=BATCH,
         lr=LR,
         ema_decay=0.9999,
@@ -247,7 +249,7 @@ def test_diff_pruning_tap_set_is_the_official_hook_list():
 
 
 def _diff_pruning_runs(
-    train_changes=None, place_changes=None, featkd_changes=None, fit_weight=1e-6
+    train_changes=None, place_changes=None, featkd_changes=None, fit_weight=1e-6, steps=STEPS
 ):
     teacher, student = _models()
     batches = _batches()
@@ -265,7 +267,7 @@ def _diff_pruning_runs(
     init_objective.setup(Outputs(pred, dict(rec.features)), live(first))
     adapters = _official_adapters(init_model, first, init_objective)
     ref_model, ref_adapters = official_diff_pruning(
-        student, teacher, batches, adapters, fit_weight=fit_weight
+        student, teacher, batches, adapters, fit_weight=fit_weight, steps=steps
     )
     train_opts = {**DIFF_PRUNING["train"], **(train_changes or {})}
     parts = [
@@ -273,7 +275,7 @@ def _diff_pruning_runs(
         {**DIFF_PRUNING["featkd"], "weight": fit_weight, **(featkd_changes or {})},
     ]
     result, objective = kdbench_run(
-        student, teacher, batches, train_opts, parts, adapters_from=init_objective
+        student, teacher, batches, train_opts, parts, adapters_from=init_objective, steps=steps
     )
     adapters = _official_adapters(result.model, first, objective)
     return result, ref_model, ref_adapters, adapters, student
@@ -283,10 +285,12 @@ def _adapter_diff(a, b) -> float:
     return max((x.weight - y.weight).abs().max().item() for x, y in zip(a, b))
 
 
-@pytest.mark.parametrize("fit_weight", [1e-6, 1e-3])
-def test_diff_pruning_step_matches_the_official_code(fit_weight):
-    result, ref_model, ref_adapters, adapters, student = _diff_pruning_runs(fit_weight=fit_weight)
-    assert _max_diff(ref_model.state_dict(), student.state_dict()) > 100 * TOL  # it trained
+@pytest.mark.parametrize("steps,fit_weight", [(1, 1e-6), (STEPS, 1e-6), (STEPS, 1e-3)])
+def test_diff_pruning_step_matches_the_official_code(steps, fit_weight):
+    result, ref_model, ref_adapters, adapters, student = _diff_pruning_runs(
+        fit_weight=fit_weight, steps=steps
+    )
+    assert _max_diff(ref_model.state_dict(), student.state_dict()) > 50 * TOL  # it trained
     assert _max_diff(result.model.state_dict(), ref_model.state_dict()) < TOL
     assert _adapter_diff(adapters, ref_adapters) < TOL
     # The terms are on the official scale (sums over C*H*W), where clipping at 1.0 acts.
