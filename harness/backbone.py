@@ -72,6 +72,8 @@ class Backbone:
     name: ClassVar[str] = ""
     default_process: ClassVar[str] = "ddpm"
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    # The tap sets its models offer (``DiffusionModel.tap_set``), checked before a grid runs.
+    tap_sets: ClassVar[tuple[str, ...]] = ("blocks",)
 
     def build(
         self,

@@ -175,8 +175,19 @@ def preflight(cfg: GridConfig, channels: int) -> None:
     s = Outputs(torch.randn(2, channels, size, size, generator=g))
     t = Outputs(torch.randn(2, channels, size, size, generator=g))
     warn_unofficial_sums(cfg)
+    offered = getattr(get_backbone(cfg.model.backbone), "tap_sets", ("blocks",))
     for i, entry in enumerate(cfg.objectives):
-        for part in build_combination(objective_spec(entry, cfg.objective)).parts:
+        combination = build_combination(objective_spec(entry, cfg.objective))
+        try:
+            wanted = combination.tap_set if combination.needs_features else "blocks"
+        except KDBenchError as exc:
+            raise ConfigError(f"objectives[{i}]: {exc}") from None
+        if wanted not in offered:
+            raise ConfigError(
+                f"objectives[{i}]: backbone {cfg.model.backbone!r} has no tap set {wanted!r}; "
+                f"its tap sets: {', '.join(offered)}"
+            )
+        for part in combination.parts:
             if part.needs_features:
                 continue
             try:

@@ -340,3 +340,12 @@ def test_featkd_tinyfusion_mask_and_layer_mean_match_training_losses_kd_rep():
     assert obj(student=s, teacher=t)["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
     kept = get_objective("featkd", masked=True)(student=s, teacher=t)["loss"].item()
     assert kept != pytest.approx(expected.item(), rel=1e-3)
+
+
+def test_preflight_refuses_a_tap_set_the_backbone_lacks(tmp_path):
+    cfg = load_config(small(tmp_path), ["objectives=['outkd+featkd']", "model.backbone='dit'"])
+    cfg.objective["featkd"] = {"taps": "submodules"}
+    with pytest.raises(ConfigError, match="backbone 'dit' has no tap set 'submodules'"):
+        preflight(cfg, channels=1)
+    cfg.model.backbone = "unet"
+    preflight(cfg, channels=1)

@@ -110,6 +110,7 @@ class UNetBackbone(Backbone):
     """DDPM U-Net (diffusers UNet2DModel), from ~45k to 78.7M parameters."""
 
     name: ClassVar[str] = "unet"
+    tap_sets: ClassVar[tuple[str, ...]] = ("blocks", "submodules")
     default_process: ClassVar[str] = "ddpm"
     default_preset: ClassVar[str] = "s"
     presets: ClassVar[dict[str, dict[str, Any]]] = PRESETS
