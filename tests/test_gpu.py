@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.objective import Outputs, build_combination, get_objective
+from harness.factories import build_combination, get_objective
+from harness.objective import Outputs
 
 pytestmark = [
     pytest.mark.gpu,

@@ -20,8 +20,9 @@ from test_config import SMALL
 from harness.cli import cli
 from harness.config import config_from_dict, expand, load_config
 from harness.errors import ConfigError, OptionError
+from harness.factories import get_objective
 from harness.grid import preflight
-from harness.objective import Combination, Outputs, get_objective
+from harness.objective import Combination, Outputs
 from harness.trainer import LoopSettings, lr_setter, step_loss
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -27,8 +27,7 @@ import copy
 import pytest
 import torch
 
-from harness.factories import get_backbone
-from harness.objective import build_combination
+from harness.factories import build_combination, get_backbone
 from harness.process import get_process
 from harness.trainer import BatchMaker, LiveTeacher, LoopSettings, train
 
