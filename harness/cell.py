@@ -206,6 +206,17 @@ def checkpoint_path(job: dict[str, Any]) -> Path:
     return Path(job["cache_dir"]) / "checkpoints" / f"{job['cell_id']}.safetensors"
 
 
+def tuning_tags(cfg: GridConfig, label: str) -> dict[str, str]:
+    """How a tuned grid chose this objective's values (its ``[tuned]`` record), as tags."""
+    if cfg.tuned is None or label not in cfg.tuned.objectives:
+        return {}
+    common = cfg.tuned.model_dump(exclude={"objectives"})
+    return {
+        "kdbench.tuning": json.dumps(common, sort_keys=True),
+        "kdbench.tuned": json.dumps(cfg.tuned.objectives[label], sort_keys=True),
+    }
+
+
 def _open_run(
     job: dict[str, Any], tracker: Any, cfg: GridConfig, fid_features: str
 ) -> tuple[str | None, bool]:
@@ -223,7 +234,8 @@ def _open_run(
     ckpt.unlink(missing_ok=True)
     spec = job["objective"]
     params = {
-        "objective": job["objective_label"],
+        "objective": job.get("objective_name") or job["objective_label"],
+        "objective_label": job["objective_label"],
         "objective_spec": spec,
         "teacher": job["teacher_name"],
         "student": job["student_name"],
@@ -247,6 +259,8 @@ def _open_run(
         "kdbench.cell_id": job["cell_id"],
         "kdbench.teacher_id": job["teacher_id"],
         "kdbench.label": job["label"],
+        "kdbench.objective_label": job["objective_label"],
+        **tuning_tags(cfg, job["objective_label"]),
     }
     run_id = tracker.start_run(job["label"], tags=tags, params=params)
     return run_id, False

@@ -142,7 +142,7 @@ def preflight(cfg: GridConfig, channels: int) -> None:
     import torch
 
     from harness.capacity import check_fits, load_model_file
-    from harness.config import objective_spec
+    from harness.config import variants
     from harness.errors import ConfigError, KDBenchError
     from harness.factories import get_backbone
     from harness.objective import Outputs, build_combination
@@ -173,8 +173,9 @@ def preflight(cfg: GridConfig, channels: int) -> None:
     g = torch.Generator().manual_seed(0)
     s = Outputs(torch.randn(2, channels, size, size, generator=g))
     t = Outputs(torch.randn(2, channels, size, size, generator=g))
-    for i, entry in enumerate(cfg.objectives):
-        for part in build_combination(objective_spec(entry, cfg.objective)).parts:
+    for variant in variants(cfg):
+        i = variant.index
+        for part in build_combination(variant.spec).parts:
             if part.needs_features:
                 continue
             try:

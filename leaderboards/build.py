@@ -12,6 +12,7 @@ from leaderboards.load import load_runs, run_metadata
 from leaderboards.plots import plot_capacity_gap, plot_curves, plot_samples
 from leaderboards.render import render
 from leaderboards.tables import capacity_gap_table, compare, overhead_table, teacher_table
+from leaderboards.tuning import tuning_table
 
 
 def _select(df: pd.DataFrame, name: str) -> pd.DataFrame:
@@ -24,6 +25,31 @@ def _select(df: pd.DataFrame, name: str) -> pd.DataFrame:
         return by_experiment
     grids = ", ".join(sorted({str(g) for g in df["grid_id"].dropna()})) or "none"
     raise TrackingError(f"no runs for grid or experiment {name!r}; grid ids there: {grids}")
+
+
+def latest_grid(df: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
+    """When the runs hold several grids: the most recent one (and its teachers), and a note.
+
+    A store often holds several grids (a tuning grid, a re-run with other settings); pooling
+    them would mix settings, so the default view is the grid whose latest cell started last.
+    """
+    cells = df[(df["kind"] == "cell") & df["grid_id"].notna()]
+    if cells["grid_id"].nunique() <= 1:
+        return df, None
+    last = cells.groupby("grid_id")["start_time"].max().sort_values()
+    chosen = last.index[-1]
+    names = cells.drop_duplicates("grid_id").set_index("grid_id")["grid_name"]
+    keep = df["grid_id"] == chosen
+    teachers = set(cells.loc[cells["grid_id"] == chosen, "teacher_id"].dropna())
+    if teachers:  # teachers are evaluated once, under the grid that built them first
+        keep |= (df["kind"] == "teacher") & df["teacher_id"].isin(teachers)
+    others = ", ".join(f"{g} ({names.get(g)})" for g in reversed(last.index[:-1]))
+    note = (
+        f"showing the most recent grid, {chosen} ({names.get(chosen)}); the store also holds "
+        f"{others}: pick one with --grid ID (repeat --grid to put grids side by side; rows "
+        "stay keyed by each objective's options)"
+    )
+    return df[keep], note
 
 
 def report(
@@ -59,16 +85,22 @@ def report(
     main = df
     if compare_ids and grid_ids:
         main = df[df["grid_id"].isin(grid_ids)]
+    view_note = None
+    if not grid_ids and not compare_ids:
+        main, view_note = latest_grid(df)
     tables = [capacity_gap_table(main, metric, collapse_fid)]
     cells = main[main["kind"] == "cell"] if "kind" in main else main
     if metric != "class_acc" and "class_acc" in cells and cells["class_acc"].notna().any():
         # Class-conditional grids: does the student draw the digit it was asked for?
         tables.append(capacity_gap_table(main, "class_acc"))
-    tables += [overhead_table(main), teacher_table(main)]
+    tuned = tuning_table(main)
+    tables += [overhead_table(main), teacher_table(main)] + ([tuned] if tuned else [])
     if compare_ids:
         a, b = compare_ids
         tables.append(compare(_select(df, a), _select(df, b), metric))
     metadata = run_metadata(main)
+    if view_note:
+        metadata["other grids"] = view_note
     if plot_dir is not None:
         folder = Path(plot_dir)
         written = [

@@ -19,6 +19,7 @@ from harness import hookimpl
 from harness.errors import OptionError, PluginError
 from harness.objective import Objective, Outputs, check_pair, get_objective
 from harness.registry import did_you_mean, entries
+from harness.tunables import LogUniform
 
 
 def _count(what: str, value: Any) -> int:
@@ -91,6 +92,7 @@ class TAKD(Objective):
 
     name = "takd"
     needs_assistant = True
+    tunables = {"weight": LogUniform(0.1, 10.0)}
 
     def __init__(
         self,
