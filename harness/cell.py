@@ -213,7 +213,7 @@ def tuning_tags(cfg: GridConfig, label: str) -> dict[str, str]:
     common = cfg.tuned.model_dump(exclude={"objectives"})
     return {
         "kdbench.tuning": json.dumps(common, sort_keys=True),
-        "kdbench.tuned": json.dumps(cfg.tuned.objectives[label], sort_keys=True),
+        "kdbench.tuned": json.dumps(cfg.tuned.objectives[label]),  # keeps the space's order
     }
 
 

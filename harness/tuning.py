@@ -244,7 +244,10 @@ def tuned_grid(source: Path, cfg: GridConfig, p: Plan, grid_id: str, out: Path) 
             continue
         chosen = best(p.trials[v.label], tune.metric)
         options = chosen.options if chosen else v.options
-        entries.append({"name": v.name, "label": v.label, **options})
+        if len(v.spec) == 1:  # a single objective takes its options directly
+            entries.append({"name": v.name, "label": v.label, **options.get(v.name, {})})
+        else:
+            entries.append({"name": v.name, "label": v.label, **options})
         entry: dict[str, Any] = {
             "space": {k: spec.describe() for k, spec in space.items()},
             "chosen": dict(chosen.values) if chosen else {},
