@@ -287,3 +287,50 @@ def test_rows_are_keyed_by_options_and_the_latest_grid_is_the_default(
     both = invoke("leaderboard", "--grid", ids["l1"], "--grid", ids["l2"], "--format", "csv")
     assert both.exit_code == 0, both.output
     assert "lift {coarse=l1}" in both.output and "lift {coarse=l2}" in both.output
+
+
+# ------------------------------------------------------------------------ search spaces
+
+
+def test_search_space_specs_map_the_unit_interval():
+    from harness.tunables import Choice, LogUniform, Uniform
+
+    w = LogUniform(0.01, 100.0)
+    assert w.value(0.0) == 0.01 and w.value(0.5) == 1.0 and w.value(0.75) == 10.0
+    assert w.value(0.3) == float(f"{10 ** (-2 + 4 * 0.3):.3g}")  # 3 significant digits
+    assert Uniform(2.0, 4.0).value(0.25) == 2.5
+    c = Choice(["a", "b", "c"])
+    assert [c.value(u) for u in (0.0, 0.33, 0.34, 0.67, 0.9999)] == ["a", "a", "b", "c", "c"]
+    from harness.errors import OptionError
+
+    with pytest.raises(OptionError, match="low > high"):
+        Uniform(3.0, 1.0)
+    with pytest.raises(OptionError, match="low > 0"):
+        LogUniform(0.0, 1.0)
+    with pytest.raises(OptionError, match="non-empty"):
+        Choice([])
+
+
+def test_every_builtin_objective_declares_a_valid_space():
+    from harness.registry import lookup
+    from harness.tunables import LogUniform
+
+    for name in ("outkd", "featkd", "dist", "takd", "lift", "place"):
+        space = lookup("objective", name).tunable_options()
+        assert isinstance(space["weight"], LogUniform), name  # the KD weight, log-uniform
+    assert lookup("objective", "none").tunable_options() == {}
+    assert set(lookup("objective", "place").tunable_options()) == {"weight", "coarse", "group_size"}
+
+
+def test_trials_are_quasi_random_and_the_same_for_every_objective():
+    from scipy.stats import qmc
+
+    from harness.tuning import plan
+
+    text = grid("qr", '["outkd", "dist"]', TUNE.replace("budget = 4", "budget = 8"))
+    p = plan(config_from_dict(tomllib.loads(text)))
+    expected = qmc.Sobol(d=1, scramble=True, seed=0).random(8)[:, 0]
+    for name in ("outkd", "dist"):
+        weights = [t.values["weight"] for t in p.trials[name]]
+        assert weights == [float(f"{10 ** (-1 + 2 * u):.3g}") for u in expected]
+    assert p.config.grid.seeds == [7, 8] and p.config.tracking.experiment == "kdbench-qr-tune"
