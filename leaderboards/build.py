@@ -40,9 +40,14 @@ def latest_grid(df: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
     chosen = last.index[-1]
     names = cells.drop_duplicates("grid_id").set_index("grid_id")["grid_name"]
     keep = df["grid_id"] == chosen
-    teachers = set(cells.loc[cells["grid_id"] == chosen, "teacher_id"].dropna())
-    if teachers:  # teachers are evaluated once, under the grid that built them first
-        keep |= (df["kind"] == "teacher") & df["teacher_id"].isin(teachers)
+    mine = cells[cells["grid_id"] == chosen]
+    # Teachers are evaluated once per experiment, under the grid that built them first:
+    # take the grid's teachers, from its own experiment where they were evaluated there.
+    teachers = df[(df["kind"] == "teacher") & df["teacher_id"].isin(set(mine["teacher_id"]))]
+    home = teachers["experiment_id"].isin(set(mine["experiment_id"]))
+    local = set(teachers.loc[home, "teacher_id"])
+    picked = teachers[home | ~teachers["teacher_id"].isin(local)]
+    keep |= df.index.isin(picked.index)
     others = ", ".join(f"{g} ({names.get(g)})" for g in reversed(last.index[:-1]))
     note = (
         f"showing the most recent grid, {chosen} ({names.get(chosen)}); the store also holds "
