@@ -237,7 +237,10 @@ def tune(config, overrides, output, dry_run, rerun, tracking_uri, cache_dir, qui
         if p.space[label] and tuning.best(trials, tune_cfg.metric) is None
     ]
     if missing:
-        click.echo(f"kdbench: no complete trial for {', '.join(missing)}: untuned there", err=True)
+        click.echo(
+            f"kdbench: no trial finished without divergence for {', '.join(missing)}: their grid options kept",
+            err=True,
+        )
         sys.exit(1)
 
 

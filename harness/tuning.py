@@ -10,7 +10,8 @@ teachers) is written into a grid file that ``kdbench run`` turns into the final 
 Choices: options an entry sets itself stay fixed (they define the variant); objectives
 with nothing to tune (``none``) run once as they are, as a reference.  Repeated points
 (possible when only choices are tuned) are run once, and the note says so.  A trial with
-a diverged cell scores worst; one with a failed or missing cell is not eligible.
+a diverged cell scores worst and is never chosen; one with a failed or missing cell is
+not eligible either.  An objective without an eligible trial keeps its grid options.
 """
 
 from __future__ import annotations
@@ -221,8 +222,8 @@ def score(plan: Plan, runs: Any, metric: str) -> None:
 
 
 def best(trials: list[Trial], metric: str) -> Trial | None:
-    """The best eligible trial (ties: the earlier one in the sequence)."""
-    eligible = [t for t in trials if t.state in ("scored", "diverged")]
+    """The best fully finished trial (ties: the earlier one in the sequence), else None."""
+    eligible = [t for t in trials if t.state == "scored"]
     if not eligible:
         return None
     sign = -1.0 if metric in HIGHER_IS_BETTER else 1.0

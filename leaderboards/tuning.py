@@ -45,7 +45,7 @@ def tuning_table(df: pd.DataFrame) -> Table | None:
                 "chosen": ", ".join(
                     f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in chosen.items()
                 )
-                or "(no complete trial)",
+                or "(no trial finished: grid options)",
                 "trials": str(record.get("trials", "")),
                 "tuning score": "" if record.get("score") is None else f"{record['score']:.4g}",
             }

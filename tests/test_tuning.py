@@ -334,3 +334,35 @@ def test_trials_are_quasi_random_and_the_same_for_every_objective():
         weights = [t.values["weight"] for t in p.trials[name]]
         assert weights == [float(f"{10 ** (-1 + 2 * u):.3g}") for u in expected]
     assert p.config.grid.seeds == [7, 8] and p.config.tracking.experiment == "kdbench-qr-tune"
+
+
+def test_diverged_and_failed_trials_are_never_chosen():
+    import pandas as pd
+
+    from harness.tuning import best, plan, score
+
+    text = grid("dv", '["outkd"]', TUNE.replace("budget = 4", "budget = 3"))
+    p = plan(config_from_dict(tomllib.loads(text)))
+    a, b, c = p.trials["outkd"]
+    rows = []
+    for t, statuses, fid in (
+        (a, ["finished", "diverged"], 1.0),  # the lowest FID, but one seed diverged
+        (b, ["finished", "finished"], 5.0),
+        (c, ["finished", "failed"], 2.0),  # a crash: not a result
+    ):
+        for seed, status in zip((7, 8), statuses):
+            rows.append(
+                {
+                    "kind": "cell",
+                    "cell_id": f"{t.label}-{seed}",
+                    "start_time": pd.Timestamp("2026-01-01", tz="UTC"),
+                    "objective_label": t.label,
+                    "status": status,
+                    "fid": fid if status == "finished" else float("nan"),
+                }
+            )
+    score(p, pd.DataFrame(rows), "fid")
+    assert (a.state, b.state, c.state) == ("diverged", "scored", "incomplete")
+    assert a.score == math.inf and b.score == 5.0
+    assert best(p.trials["outkd"], "fid") is b
+    assert best([a, c], "fid") is None  # neither a diverged nor a crashed trial is chosen
