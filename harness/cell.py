@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from harness import __version__
-from harness.config import Capacity, GridConfig
+from harness.config import Capacity, GridConfig, spec_label
 
 log = logging.getLogger("kdbench")
 
@@ -234,7 +234,7 @@ def _open_run(
     ckpt.unlink(missing_ok=True)
     spec = job["objective"]
     params = {
-        "objective": job.get("objective_name") or job["objective_label"],
+        "objective": spec_label(spec),  # the objectives it sums, e.g. place+featkd
         "objective_label": job["objective_label"],
         "objective_spec": spec,
         "teacher": job["teacher_name"],

@@ -668,7 +668,6 @@ def expand(cfg: GridConfig) -> list[dict[str, Any]]:
                             "label": f"{variant.label} | {teacher.name} -> {student.name} "
                             f"| s{seed}",
                             "objective_label": variant.label,
-                            "objective_name": variant.name,
                             "objective": spec,
                             "teacher": teacher.model_dump(),
                             "teacher_name": teacher.name,
