@@ -366,3 +366,45 @@ def test_diverged_and_failed_trials_are_never_chosen():
     assert a.score == math.inf and b.score == 5.0
     assert best(p.trials["outkd"], "fid") is b
     assert best([a, c], "fid") is None  # neither a diverged nor a crashed trial is chosen
+
+
+def test_row_keys_split_only_runs_whose_options_differ():
+    import json
+
+    import pandas as pd
+
+    from leaderboards.load import key_objectives
+
+    def run(label, spec, kind="cell"):
+        return {
+            "kind": kind,
+            "objective": label,
+            "objective_label": label,
+            "objective_spec": json.dumps(spec),
+        }
+
+    df = pd.DataFrame(
+        [
+            run("lift", [{"name": "lift", "weight": 1.0}]),
+            run("lift", [{"name": "lift", "weight": 1, "coarse": "l1", "eps": 1e-6}]),  # defaults
+            run("lift", [{"name": "lift", "weight": 1.0, "coarse": "l2"}]),
+            run(
+                "outkd+featkd",
+                [{"name": "outkd", "weight": 1.0}, {"name": "featkd", "weight": 0.1}],
+            ),
+            run(
+                "outkd+featkd",
+                [{"name": "outkd", "weight": 1.0}, {"name": "featkd", "weight": 1e-5}],
+            ),
+            run("place", [{"name": "place", "weight": 1.0}]),
+        ]
+    )
+    keys = list(key_objectives(df)["objective_label"])
+    assert keys == [
+        "lift {coarse=l1}",
+        "lift {coarse=l1}",
+        "lift {coarse=l2}",
+        "outkd+featkd {featkd.weight=0.1}",
+        "outkd+featkd {featkd.weight=1e-05}",
+        "place",
+    ]
