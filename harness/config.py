@@ -493,13 +493,86 @@ def variants(cfg: GridConfig) -> list[Variant]:
     return out
 
 
+# ---------------------------------------------------------------- tuning search spaces
+
+
+def _key(v: Variant, part: str, option: str) -> str:
+    return option if len(v.spec) == 1 else f"{part}.{option}"
+
+
+def variant_space(cfg: GridConfig, v: Variant) -> dict[str, Any]:
+    """What ``kdbench tune`` searches for one variant: declared, narrowed by ``tune.space``."""
+    from harness.registry import lookup
+
+    space: dict[str, Any] = {}
+    given = cfg.tune.space if cfg.tune else {}
+    for part in v.spec:
+        name = part["name"]
+        declared = lookup("objective", name).tunable_options()
+        chosen = given.get(name)
+        if chosen is None:
+            wanted = {option: None for option in declared}
+        elif isinstance(chosen, list):
+            wanted = {option: None for option in chosen}
+        else:
+            wanted = dict(chosen)
+        for option, bounds in wanted.items():
+            if option not in declared:
+                listed = ", ".join(declared) or "nothing"
+                raise ConfigError(
+                    f"tune.space.{name}: objective {name!r} declares no tunable {option!r}; "
+                    f"it declares: {listed}"
+                )
+            if option in v.options.get(name, {}):
+                continue  # set by the entry itself: part of the variant's identity
+            spec = declared[option]
+            if bounds is not None:
+                try:
+                    spec = spec.narrowed(bounds)
+                except KDBenchError as exc:
+                    raise ConfigError(f"tune.space.{name}.{option}: {exc}") from None
+            space[_key(v, name, option)] = spec
+    return space
+
+
+def check_tune(cfg: GridConfig, every: list[Variant] | None = None) -> None:
+    """Refuse a ``[tune]`` section that could leak, or names what does not exist."""
+    tune = cfg.tune
+    assert tune is not None
+    every = every if every is not None else variants(cfg)
+    leaked = sorted(set(tune.seeds) & set(cfg.grid.seeds))
+    if leaked:
+        raise ConfigError(
+            f"tune.seeds: seed {leaked[0]} is also a final seed (grid.seeds = {cfg.grid.seeds}); "
+            "a tuned value must never be chosen on the seeds the final table reports"
+        )
+    if any((opts or {}).get("sweep") for opts in cfg.objective.values()):
+        raise ConfigError(
+            "[tune] and [objective.NAME.sweep] together: tuning searches the space itself; "
+            "drop the sweep"
+        )
+    names = [t.name for t in cfg.teachers]
+    for teacher in tune.teachers or []:
+        if teacher not in names:
+            raise ConfigError(
+                f"tune.teachers: no teacher named {teacher!r}; the grid's teachers: "
+                f"{', '.join(names)}"
+            )
+    used = {part["name"] for v in every for part in v.spec}
+    for name in tune.space:
+        if name not in used:
+            raise ConfigError(f"tune.space.{name}: no objectives entry uses {name!r}")
+    for v in every:
+        variant_space(cfg, v)
+
+
 # ---------------------------------------------------------------- validation against plugins
 
 
 def validate_plugins(cfg: GridConfig, source: str = "<grid>") -> None:
     """Check plugin names and options before anything runs (errors name file and key)."""
     from harness import factories
-    from harness.objective import build_combination
+    from harness.factories import build_combination
 
     def fail(key: str, exc: Exception) -> None:
         raise ConfigError(f"{source}: {key}: {exc}") from None
@@ -579,8 +652,6 @@ def validate_plugins(cfg: GridConfig, source: str = "<grid>") -> None:
         except KDBenchError as exc:
             fail(f"objectives[{v.index}]" + (f" ({v.label})" if v.label != v.name else ""), exc)
     if cfg.tune is not None:
-        from harness.tuning import check_tune
-
         try:
             check_tune(cfg, every)
         except KDBenchError as exc:

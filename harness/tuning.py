@@ -33,9 +33,10 @@ from harness.config import (
     config_from_dict,
     experiment_name,
     format_option,
+    variant_space,
     variants,
 )
-from harness.errors import KDBenchError
+from harness.schema import Kind, Status
 from harness.tunables import Tunable
 
 HIGHER_IS_BETTER = {"isc_mean", "precision", "recall", "class_acc"}
@@ -59,76 +60,6 @@ class Plan:
     trials: dict[str, list[Trial]]
     variants: list[Variant]
     repeats: dict[str, int] = field(default_factory=dict)
-
-
-def _key(v: Variant, part: str, option: str) -> str:
-    return option if len(v.spec) == 1 else f"{part}.{option}"
-
-
-def variant_space(cfg: GridConfig, v: Variant) -> dict[str, Tunable]:
-    """What ``kdbench tune`` searches for one variant: declared, narrowed by ``tune.space``."""
-    from harness.registry import lookup
-
-    space: dict[str, Tunable] = {}
-    given = cfg.tune.space if cfg.tune else {}
-    for part in v.spec:
-        name = part["name"]
-        declared = lookup("objective", name).tunable_options()
-        chosen = given.get(name)
-        if chosen is None:
-            wanted = {option: None for option in declared}
-        elif isinstance(chosen, list):
-            wanted = {option: None for option in chosen}
-        else:
-            wanted = dict(chosen)
-        for option, bounds in wanted.items():
-            if option not in declared:
-                listed = ", ".join(declared) or "nothing"
-                raise ConfigError(
-                    f"tune.space.{name}: objective {name!r} declares no tunable {option!r}; "
-                    f"it declares: {listed}"
-                )
-            if option in v.options.get(name, {}):
-                continue  # set by the entry itself: part of the variant's identity
-            spec = declared[option]
-            if bounds is not None:
-                try:
-                    spec = spec.narrowed(bounds)
-                except KDBenchError as exc:
-                    raise ConfigError(f"tune.space.{name}.{option}: {exc}") from None
-            space[_key(v, name, option)] = spec
-    return space
-
-
-def check_tune(cfg: GridConfig, every: list[Variant] | None = None) -> None:
-    """Refuse a ``[tune]`` section that could leak, or names what does not exist."""
-    tune = cfg.tune
-    assert tune is not None
-    every = every if every is not None else variants(cfg)
-    leaked = sorted(set(tune.seeds) & set(cfg.grid.seeds))
-    if leaked:
-        raise ConfigError(
-            f"tune.seeds: seed {leaked[0]} is also a final seed (grid.seeds = {cfg.grid.seeds}); "
-            "a tuned value must never be chosen on the seeds the final table reports"
-        )
-    if any((opts or {}).get("sweep") for opts in cfg.objective.values()):
-        raise ConfigError(
-            "[tune] and [objective.NAME.sweep] together: tuning searches the space itself; "
-            "drop the sweep"
-        )
-    names = [t.name for t in cfg.teachers]
-    for teacher in tune.teachers or []:
-        if teacher not in names:
-            raise ConfigError(
-                f"tune.teachers: no teacher named {teacher!r}; the grid's teachers: "
-                f"{', '.join(names)}"
-            )
-    used = {part["name"] for v in every for part in v.spec}
-    for name in tune.space:
-        if name not in used:
-            raise ConfigError(f"tune.space.{name}: no objectives entry uses {name!r}")
-    for v in every:
-        variant_space(cfg, v)
 
 
 def _points(dims: int, budget: int, sampler: str, seed: int) -> list[list[float]]:
@@ -203,15 +134,15 @@ def score(plan: Plan, runs: Any, metric: str) -> None:
     """
     import numpy as np
 
-    cells = runs[runs["kind"] == "cell"].sort_values("start_time")
+    cells = runs[runs["kind"] == Kind.CELL].sort_values("start_time")
     cells = cells.drop_duplicates("cell_id", keep="last")
     expected = len(plan.config.teachers) * len(plan.config.students) * len(plan.config.grid.seeds)
     worst = -math.inf if metric in HIGHER_IS_BETTER else math.inf
     for trials in plan.trials.values():
         for t in trials:
             rows = cells[cells["objective_label"] == t.label]
-            finished = rows[rows["status"] == "finished"]
-            diverged = int((rows["status"] == "diverged").sum())
+            finished = rows[rows["status"] == Status.FINISHED]
+            diverged = int((rows["status"] == Status.DIVERGED).sum())
             values = finished[metric].to_numpy(dtype=float)
             if diverged:
                 t.state, t.score = "diverged", worst

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.errors import TrackingError
+from harness.schema import Kind
 from harness.tracking import mask_uri, resolve_uri
 from leaderboards.load import load_runs, run_metadata
 from leaderboards.plots import plot_capacity_gap, plot_curves, plot_samples
@@ -33,7 +34,7 @@ def latest_grid(df: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
     A store often holds several grids (a tuning grid, a re-run with other settings); pooling
     them would mix settings, so the default view is the grid whose latest cell started last.
     """
-    cells = df[(df["kind"] == "cell") & df["grid_id"].notna()]
+    cells = df[(df["kind"] == Kind.CELL) & df["grid_id"].notna()]
     if cells["grid_id"].nunique() <= 1:
         return df, None
     last = cells.groupby("grid_id")["start_time"].max().sort_values()
@@ -43,7 +44,7 @@ def latest_grid(df: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
     mine = cells[cells["grid_id"] == chosen]
     # Teachers are evaluated once per experiment, under the grid that built them first:
     # take the grid's teachers, from its own experiment where they were evaluated there.
-    teachers = df[(df["kind"] == "teacher") & df["teacher_id"].isin(set(mine["teacher_id"]))]
+    teachers = df[(df["kind"] == Kind.TEACHER) & df["teacher_id"].isin(set(mine["teacher_id"]))]
     home = teachers["experiment_id"].isin(set(mine["experiment_id"]))
     local = set(teachers.loc[home, "teacher_id"])
     picked = teachers[home | ~teachers["teacher_id"].isin(local)]
@@ -94,7 +95,7 @@ def report(
     if not grid_ids and not compare_ids:
         main, view_note = latest_grid(df)
     tables = [capacity_gap_table(main, metric, collapse_fid)]
-    cells = main[main["kind"] == "cell"] if "kind" in main else main
+    cells = main[main["kind"] == Kind.CELL] if "kind" in main else main
     if metric != "class_acc" and "class_acc" in cells and cells["class_acc"].notna().any():
         # Class-conditional grids: does the student draw the digit it was asked for?
         tables.append(capacity_gap_table(main, "class_acc"))

@@ -12,6 +12,7 @@ import json
 
 import pandas as pd
 
+from harness.schema import Kind
 from leaderboards.tables import Table, objective_order, row_key
 
 
@@ -27,7 +28,7 @@ def tuning_table(df: pd.DataFrame) -> Table | None:
     """One row per objective variant of the tuned cells; None when no cell was tuned."""
     if "tuned" not in df:
         return None
-    cells = df[(df["kind"] == "cell") & df["tuned"].notna()]
+    cells = df[(df["kind"] == Kind.CELL) & df["tuned"].notna()]
     if cells.empty:
         return None
     keys = row_key(cells)

@@ -20,6 +20,7 @@ from conftest import TINY_GRID
 from harness import cell as cell_module
 from harness.cli import cli
 from harness.config import config_from_dict, expand, load_config, variants
+from harness.jobs import TeacherJob
 
 TUNE = """
 [tune]
@@ -198,17 +199,17 @@ def planted(monkeypatch):
     calls: list[dict] = []
 
     def run_job(job):
-        if job["kind"] == "teacher":
-            return {"status": "finished", "teacher_id": job["teacher_id"]}
+        if isinstance(job, TeacherJob):
+            return {"status": "finished", "teacher_id": job.teacher_id}
         cfg, tracker, _ = cell_module._setup_worker(job)
         run_id, _ = cell_module._open_run(job, tracker, cfg, "planted")
         if run_id is None:
-            return {"status": "finished", "cell_id": job["cell_id"]}
+            return {"status": "finished", "cell_id": job.cell_id}
         calls.append(job)
         tracker.log_params(run_id, {"teacher_params": 1000, "student_params": 100})
-        tracker.log_metrics(run_id, {"fid": planted_fid(job["objective"], job["seed"])})
+        tracker.log_metrics(run_id, {"fid": planted_fid(job.objective, job.seed)})
         tracker.finish(run_id, "finished")
-        return {"status": "finished", "cell_id": job["cell_id"], "run_id": run_id}
+        return {"status": "finished", "cell_id": job.cell_id, "run_id": run_id}
 
     monkeypatch.setattr(cell_module, "run_job", run_job)
     return calls
@@ -226,24 +227,24 @@ def test_tune_picks_the_best_trial_and_writes_a_runnable_grid(tmp_path, monkeypa
     result = invoke("tune", str(path), "-o", str(out), "--quiet")
     assert result.exit_code == 0, result.output
     # Equal budget: 4 trials for each tunable objective, `none` once; tuning seeds only.
-    labels = [job["objective_label"] for job in planted]
-    assert {job["seed"] for job in planted} == {7, 8}
+    labels = [job.objective_label for job in planted]
+    assert {job.seed for job in planted} == {7, 8}
     assert labels.count("none") == 2
     trials = {}
     for job in planted:
-        name = job["objective"][0]["name"]
-        trials.setdefault(name, {}).setdefault(job["objective_label"], []).append(job)
+        name = job.objective[0]["name"]
+        trials.setdefault(name, {}).setdefault(job.objective_label, []).append(job)
     assert len(trials["outkd"]) == 4 and len(trials["lift"]) == 4
     # The best trial is the one whose planted FID (mean over tuning seeds) is lowest.
     tuned = load_config(out)
     chosen = {v.label: v.spec[0] for v in variants(tuned)}
     for name in ("outkd", "lift"):
         scores = {
-            label: sum(planted_fid(j["objective"], j["seed"]) for j in jobs) / len(jobs)
+            label: sum(planted_fid(j.objective, j.seed) for j in jobs) / len(jobs)
             for label, jobs in trials[name].items()
         }
         best = min(scores, key=scores.get)
-        best_spec = trials[name][best][0]["objective"][0]
+        best_spec = trials[name][best][0].objective[0]
         assert chosen[name] == best_spec
         assert tuned.tuned.objectives[name]["score"] == pytest.approx(scores[best], abs=1e-6)
     assert "coarse" not in tuned.tuned.objectives["outkd"]["chosen"]  # space narrowed
@@ -261,8 +262,8 @@ def test_tune_picks_the_best_trial_and_writes_a_runnable_grid(tmp_path, monkeypa
     # budget, search space and chosen values.
     final = invoke("run", str(out), "--quiet")
     assert final.exit_code == 0, final.output
-    assert {job["seed"] for job in planted} == {0}
-    assert {job["objective_label"] for job in planted} == {"none", "outkd", "lift"}
+    assert {job.seed for job in planted} == {0}
+    assert {job.objective_label for job in planted} == {"none", "outkd", "lift"}
     assert "Tuning (kdbench tune)" in final.output
     assert "Equal budget: 4 trials per objective, sobol (scrambled, seed 0)" in final.output
     assert f"weight={chosen['lift']['weight']:g}" in final.output
@@ -278,7 +279,7 @@ def test_rows_are_keyed_by_options_and_the_latest_grid_is_the_default(
         assert invoke("run", str(path), "--quiet", "--no-leaderboard").exit_code == 0
     ids = {}
     for job in planted:
-        ids[job["objective"][0]["coarse"]] = job["grid_id"]
+        ids[job.objective[0]["coarse"]] = job.context.grid_id
     board = invoke("leaderboard", "--format", "csv")
     assert board.exit_code == 0, board.output
     assert f"showing the most recent grid, {ids['l2']}" in board.output
