@@ -20,7 +20,8 @@ generic row-key column (``key``, default ``"objective"``), the ``teacher``, ``se
   separated and are tied.  Rank intervals: percentile bootstrap over seeds
   (``scipy.stats.bootstrap``, seeds resampled jointly for every row).
 - Capacity-gap slope: per seed, the least-squares slope of the metric against
-  log10(teacher parameters) over the teachers (seeds stay paired across teachers); the
+  log10(teacher parameters) over the teachers (seeds stay paired across teachers; a seed
+  missing at a teacher is fitted on the teachers it has); the
   slope is the mean of the per-seed slopes with a t interval over seeds, and the
   difference to a reference row's slope is the same over seed-matched slope differences.
   The per-seed slopes are independent, so the t interval is exact for normal noise; a
@@ -84,16 +85,16 @@ def seed_values(cells: pd.DataFrame, metric: str, key: str = KEY) -> pd.DataFram
     Invalid cells (more than one diverged seed) are dropped.  Repeated runs of one
     (key, teacher, seed), e.g. from pooled grids, are averaged.
     """
-    ok = cells[(cells["status"] == "finished") & np.isfinite(cells[metric].astype(float))]
-    ok = ok.dropna(subset=[key, "teacher", "seed"])
+    finite = np.isfinite(pd.to_numeric(cells[metric], errors="coerce").to_numpy(dtype=float))
+    ok = cells.loc[(cells["status"] == "finished").to_numpy() & finite, [key, "teacher", "seed"]]
+    ok = ok.assign(value=cells[metric].astype(float)).dropna(subset=[key, "teacher", "seed"])
     if ok.empty:
         return pd.DataFrame(index=pd.MultiIndex.from_tuples([], names=[key, "teacher"]))
-    table = ok.pivot_table(
-        index=[key, "teacher"], columns="seed", values=metric, aggfunc="mean", observed=True
-    ).astype(float)
-    validity = cell_validity(cells, key)
-    invalid = validity.index[~validity["valid"]]
-    return table.drop(index=[i for i in invalid if i in table.index])
+    table = ok.groupby([key, "teacher", "seed"], sort=True)["value"].mean().unstack("seed")
+    diverged = cells.loc[cells["status"] == "diverged", [key, "teacher"]]
+    counts = diverged.groupby([key, "teacher"]).size()
+    invalid = [i for i in counts.index[counts > 1] if i in table.index]
+    return table.drop(index=invalid) if invalid else table
 
 
 # ---------------------------------------------------------------------- tests
@@ -153,11 +154,12 @@ def _t_from_moments(mean: float, se: float, df: float, alpha: float) -> tuple[fl
     return mean - q * se, mean + q * se, p
 
 
-def paired_difference(x, y, alpha: float = ALPHA) -> dict:
+def paired_difference(x, y, alpha: float = ALPHA, exact: bool = True) -> dict:
     """Seed-matched ``x - y``: n, mean, t interval, paired-t p and exact sign-flip p.
 
     ``x`` and ``y`` are aligned by position (seed); pairs with a missing value on either
     side are left out.  n = 1 gives the difference without interval or p-values.
+    ``exact=False`` skips the sign-flip p-value (NaN).
     """
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
@@ -179,7 +181,7 @@ def paired_difference(x, y, alpha: float = ALPHA) -> dict:
         res = stats.ttest_rel(x, y)
         ci = res.confidence_interval(confidence_level=1 - alpha)
         out.update(low=float(ci.low), high=float(ci.high), p_t=float(res.pvalue))
-    out["p_exact"] = sign_flip_pvalue(d)
+    out["p_exact"] = sign_flip_pvalue(d) if exact else math.nan
     return out
 
 
@@ -225,6 +227,7 @@ def baseline_differences(
     higher_is_better: bool,
     alpha: float = ALPHA,
     key: str = KEY,
+    exact: bool = True,
 ) -> pd.DataFrame:
     """Per (row, teacher), row != baseline: seed-paired difference row − baseline.
 
@@ -248,7 +251,7 @@ def baseline_differences(
         elif (row, teacher) not in values.index:
             entry.update(n=0, note="no finished runs")
         else:
-            res = paired_difference(values.loc[(row, teacher)], values.loc[base_key], alpha)
+            res = paired_difference(values.loc[(row, teacher)], values.loc[base_key], alpha, exact)
             entry.update(res)
             entry["note"] = {0: "no shared seeds", 1: "n=1: no interval"}.get(res["n"], "")
         rows.append(entry)
@@ -289,7 +292,9 @@ def tie_groups(
             continue
         best = (means * sign).idxmax()
         others = [r for r in means.index if r != best]
-        results = [paired_difference(block.loc[r], block.loc[best], alpha) for r in others]
+        results = [
+            paired_difference(block.loc[r], block.loc[best], alpha, exact=False) for r in others
+        ]
         adjusted = holm([r["p_t"] for r in results])
         rows.append(
             {key: best, "teacher": teacher, "mean": means[best], "best": True, "tied": True}
@@ -360,16 +365,24 @@ def rank_intervals(
 # ---------------------------------------------------------------------- slopes
 
 
-def _per_seed_slopes(block: pd.DataFrame, log_params: pd.Series) -> pd.Series:
-    """OLS slope of each seed (column) over the teachers (rows) that have a value at every seed."""
-    block = block.loc[:, block.notna().all(axis=0)]
-    x = log_params.reindex(block.index).to_numpy(dtype=float)
-    xc = x - x.mean()
-    denom = float((xc**2).sum())
-    if block.shape[1] == 0 or denom == 0:
-        return pd.Series(dtype=float)
-    y = block.to_numpy(dtype=float)
-    return pd.Series(xc @ (y - y.mean(axis=0)) / denom, index=block.columns)
+def _per_seed_slopes(block: pd.DataFrame, log_params: pd.Series) -> tuple[pd.Series, int]:
+    """OLS slope of each seed (column) over the teachers (rows) with a value at that seed.
+
+    Seeds with fewer than two distinct teacher sizes give no slope.  Returns the slopes and
+    how many of them were fitted on fewer teachers than the row has.
+    """
+    x_all = log_params.reindex(block.index).to_numpy(dtype=float)
+    slopes, partial = {}, 0
+    for seed in block.columns:
+        y = block[seed].to_numpy(dtype=float)
+        ok = np.isfinite(y)
+        x = x_all[ok]
+        if np.unique(x).size < 2:
+            continue
+        xc = x - x.mean()
+        slopes[seed] = float(xc @ (y[ok] - y[ok].mean()) / (xc @ xc))
+        partial += int(ok.sum() < len(y))
+    return pd.Series(slopes, dtype=float), partial
 
 
 def _mean_interval(values: np.ndarray, alpha: float) -> tuple[float, float, float, float]:
@@ -422,8 +435,8 @@ def slopes(
     """Per row: slope of ``metric`` per decade of teacher parameters, its interval, its trend,
     and its seed-paired difference to ``reference``'s slope.
 
-    Uses the valid teachers with a known parameter count and the seeds that have a value at
-    every one of them (the note says when seeds were left out).
+    Uses the valid teachers with a known parameter count; a seed missing at some teachers
+    is fitted on the others (at least two sizes), and the note says so.
     """
     values = seed_values(cells, metric, key)
     params = pd.to_numeric(cells["teacher_params"], errors="coerce")
@@ -440,15 +453,14 @@ def slopes(
             entry["note"] = "one teacher size: no slope"
             rows.append(entry)
             continue
-        s = _per_seed_slopes(block, log_params)
+        s, partial = _per_seed_slopes(block, log_params)
         per_seed[row] = s
-        seeds_any = int(block.notna().any(axis=0).sum())
         mean, low, high, _ = _mean_interval(s.to_numpy(), alpha)
         entry.update(n=len(s), slope=mean, low=low, high=high)
         entry["trend"] = slope_trend(low, high, higher_is_better)
         notes = []
-        if len(s) < seeds_any:
-            notes.append(f"{seeds_any - len(s)} seeds lack a teacher")
+        if partial:
+            notes.append(f"{partial} of {len(s)} seed slopes fitted on fewer teachers")
         if len(s) == 1:
             notes.append("n=1: no interval")
         entry["note"] = "; ".join(notes)
@@ -476,7 +488,8 @@ def slopes(
 
 
 def probability_of_improvement(x, y, higher_is_better: bool) -> float:
-    """P(a random x is better than a random y), ties half (Mann-Whitney U / (n m))."""
+    """P(a random x is better than a random y), ties half: the Mann-Whitney U / (n m),
+    counted over all n·m pairs."""
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
     x, y = x[np.isfinite(x)], y[np.isfinite(y)]
@@ -484,8 +497,8 @@ def probability_of_improvement(x, y, higher_is_better: bool) -> float:
         return math.nan
     if not higher_is_better:
         x, y = -x, -y
-    u = stats.mannwhitneyu(x, y, alternative="greater").statistic
-    return float(u / (x.size * y.size))
+    wins = (x[:, None] > y[None, :]).sum() + 0.5 * (x[:, None] == y[None, :]).sum()
+    return float(wins / (x.size * y.size))
 
 
 def _shared_baseline(base: pd.DataFrame) -> bool:
@@ -538,39 +551,36 @@ def pooled(
         if row == baseline:
             continue
         block = values.xs(row, level=0)
-        teachers = [t for t in block.index if t in base.index]
-        diffs = {}
-        for t in teachers:
-            d = block.loc[t] - base.loc[t]
-            d = d[np.isfinite(d)]
-            if len(d):
-                diffs[t] = d
-        entry = {key: row, "teachers": len(diffs), "unit": "seed" if shared else "pair"}
-        pois = [
-            probability_of_improvement(block.loc[t], base.loc[t], higher_is_better) for t in diffs
-        ]
+        teachers = block.index.intersection(base.index)
+        x = block.loc[teachers].to_numpy(dtype=float)  # teachers x seeds
+        y = base.loc[teachers].to_numpy(dtype=float)
+        paired = np.isfinite(x) & np.isfinite(y)
+        keep = paired.any(axis=1)
+        x, y, paired = x[keep], y[keep], paired[keep]
+        entry = {key: row, "teachers": int(keep.sum()), "unit": "seed" if shared else "pair"}
+        pois = [probability_of_improvement(a, b, higher_is_better) for a, b in zip(x, y)]
         entry["poi"] = float(np.mean(pois)) if pois else math.nan
-        if not diffs:
-            entry["n"] = 0
-            rows.append(entry)
-            continue
-        if shared:
-            per_seed = pd.concat(diffs, axis=1).mean(axis=1)  # seeds x teachers -> per seed
-            d = per_seed.to_numpy()
+        entry["n"] = 0
+        if keep.any() and shared:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                d = np.nanmean(np.where(paired, x - y, np.nan), axis=0)  # one per seed
+            d = d[np.isfinite(d)]
             entry["n"] = int(d.size)
             entry["diff"], entry["low"], entry["high"], _ = _mean_interval(d, alpha)
             entry["p_exact"] = sign_flip_pvalue(d) if d.size >= 2 else math.nan
-        else:
-            k = len(diffs)
-            d = np.concatenate([v.to_numpy() for v in diffs.values()])
-            w = np.concatenate([np.full(len(v), 1.0 / (k * len(v))) for v in diffs.values()])
+        elif keep.any():
+            k = len(x)
+            counts = paired.sum(axis=1)
+            d = (x - y)[paired]  # row-major: grouped by teacher
+            w = np.repeat(1.0 / (k * counts), counts)
+            means = np.array([row_d[ok].mean() for row_d, ok in zip(x - y, paired)])
+            resid = d - np.repeat(means, counts)
             entry["n"] = int(d.size)
             entry["diff"] = float(np.sum(w * d))
-            resid = np.concatenate([(v - v.mean()).to_numpy() for v in diffs.values()])
             df = d.size - k
             if df >= 1:
-                sigma2 = float(resid @ resid) / df
-                se = math.sqrt(sigma2 * sum(1.0 / len(v) for v in diffs.values())) / k
+                se = math.sqrt(float(resid @ resid) / df * float(np.sum(1.0 / counts))) / k
                 entry["low"], entry["high"], _ = _t_from_moments(entry["diff"], se, df, alpha)
             entry["p_exact"] = sign_flip_pvalue(d, w) if d.size >= 2 else math.nan
         rows.append(entry)
