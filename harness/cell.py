@@ -88,8 +88,23 @@ def _common_tags(
         "kdbench.version": __version__,
         "kdbench.plugins": json.dumps(plugin_versions(), sort_keys=True),
         "kdbench.fid_features": fid_features,
+        "kdbench.torch_fidelity": _torch_fidelity_version(),
         "kdbench.torch": torch.__version__,
         "kdbench.host": platform.node(),
+    }
+
+
+def _torch_fidelity_version() -> str:
+    import torch_fidelity
+
+    return str(torch_fidelity.__version__)
+
+
+def _reference_tag(cfg: GridConfig, ctx: Any) -> dict[str, str]:
+    """What the metrics compare against (leaderboard provenance): the training images."""
+    return {
+        "kdbench.fid_reference": f"{cfg.dataset.name} training images "
+        f"({len(ctx.images)} at {cfg.dataset.image_size} px)"
     }
 
 
@@ -145,6 +160,7 @@ def run_teacher(job: dict[str, Any]) -> dict[str, Any]:
         },
     )
     try:
+        tracker.set_tags(run_id, _reference_tag(cfg, ctx))
         metrics, images = evaluate(
             teacher,
             ctx.process,
@@ -324,6 +340,7 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {"cell_id": job["cell_id"], "run_id": run_id, "resumed": resumed}
     try:
         ctx = Context.create(cfg, device, job["cache_dir"], progress=job.get("progress", True))
+        tracker.set_tags(run_id, _reference_tag(cfg, ctx))
         t0 = time.perf_counter()
         teacher_cap = Capacity.model_validate(job["teacher"])
         student_cap = Capacity.model_validate(job["student"])
