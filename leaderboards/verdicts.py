@@ -279,8 +279,8 @@ def noise_table(df: pd.DataFrame, metric: str = "fid") -> Table | None:
     display[f"{metric} eval std"] = [format_value(x, metric) for x in data["eval_std"]]
     display["eval share"] = [f"{x:.0%}" if np.isfinite(x) else "–" for x in share]
     display["needs"] = list(data["advice"])
-    display["KID ×10³ (mean ± std)"] = [
-        f"{1e3 * m:.2f} ± {1e3 * s:.2f}" if np.isfinite(m) and np.isfinite(s) else "–"
+    display["KID (mean ± std)"] = [
+        f"{m:.4g} ± {s:.2g}" if np.isfinite(m) and np.isfinite(s) else "–"
         for m, s in zip(data["kid_mean"], data["kid_std"])
     ]
     notes = [
@@ -289,7 +289,8 @@ def noise_table(df: pd.DataFrame, metric: str = "fid") -> Table | None:
         "fixed reference features (root-mean-square over runs).",
         "eval share = eval var / seed var: above 50% the metric's sampling noise dominates "
         "(more samples per run help most), below it training varies between seeds (more "
-        "seeds help most).",
+        "seeds help most); both are estimates from few values, so a share above 100% "
+        "only says the sampling noise is large.",
         "KID: mean over runs of torch-fidelity's KID and of its std over subsets; unbiased, "
         "so it stays usable at small sample counts where FID is biased.",
     ]

@@ -484,7 +484,7 @@ def test_noise_table_and_provenance(runs_a):
         assert table.data.loc[objective, "eval_std"] == pytest.approx(np.sqrt((boot**2).mean()))
         seed_var = group.groupby("teacher")["fid"].var(ddof=1).mean()
         assert table.data.loc[objective, "seed_std"] == pytest.approx(np.sqrt(seed_var))
-    assert table.display.loc["place", "KID ×10³ (mean ± std)"].endswith("± 0.50")
+    assert table.display.loc["place", "KID (mean ± std)"].endswith("± 0.0005")
     assert lb.noise_table(runs_a.drop(columns=["fid_boot_std"]), "fid") is None
     meta = lb.run_metadata(runs_a)
     assert meta["metric provenance"] == (
