@@ -21,11 +21,12 @@ generic row-key column (``key``, default ``"objective"``), the ``teacher``, ``se
   (``scipy.stats.bootstrap``, seeds resampled jointly for every row).
 - Capacity-gap slope: per seed, the least-squares slope of the metric against
   log10(teacher parameters) over the teachers (seeds stay paired across teachers; a seed
-  missing at a teacher is fitted on the teachers it has); the
-  slope is the mean of the per-seed slopes with a t interval over seeds, and the
-  difference to a reference row's slope is the same over seed-matched slope differences.
-  The per-seed slopes are independent, so the t interval is exact for normal noise; a
-  bootstrap over 3 seeds (10 distinct resamples) covers far less than its nominal level.
+  missing at a teacher is fitted on the teachers it has); the slope is the mean of the
+  per-seed slopes with a t interval over seeds, and the difference to a reference row's
+  slope is the same over seed-matched slope differences.  The per-seed slopes are
+  independent, so the t interval is exact for normal noise.  A percentile bootstrap over
+  3 seeds (10 distinct resamples) is not used: on 400 simulated 3-seed slopes its 95%
+  interval covered the true slope 75.5% of the time, the t interval 96.5%.
 - Pooled verdicts (stratified by teacher): the mean over teachers of the per-teacher mean
   differences; exact sign flips per (teacher, seed) pair, t interval from the pooled
   within-teacher residual variance (df = pairs - teachers).  When the baseline's values
@@ -112,10 +113,6 @@ def holm(pvalues) -> np.ndarray:
     adjusted = np.maximum.accumulate((m - np.arange(m)) * p[order])
     out[order] = np.minimum(adjusted, 1.0)
     return out
-
-
-def _mean_stat(x, axis=-1):
-    return np.mean(x, axis=axis)
 
 
 def sign_flip_pvalue(d: np.ndarray, weights: np.ndarray | None = None) -> float:
