@@ -141,6 +141,11 @@ def pooled_table(df: pd.DataFrame, metric: str, baseline: str, alpha: float = st
         "P(improve): probability that a random run of the objective beats a random run of "
         f"{baseline} at the same teacher, averaged over teachers (rliable; 0.5 = no effect).",
     ]
+    if (data["unit"] == "pair").any():
+        notes.append(
+            "Each (teacher, seed) pair is flipped on its own: this assumes the pairs of one "
+            "seed at different teachers are independent."
+        )
     if (data["unit"] == "seed").any():
         notes.append(
             f"{baseline}'s runs are the same at every teacher, so the pairs of one seed share "
