@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from harness.schema import Metric
+
 FID_BOOTSTRAP = 20  # resamples for fid_boot_std: a 16% relative error on the std
 
 
@@ -102,7 +104,7 @@ def evaluate(
         fid_bootstrap=FID_BOOTSTRAP,
     )
     if classifier is not None and labels is not None:
-        metrics["class_acc"] = class_accuracy(classifier, images, labels)
-    metrics["time_sample_s"] = t_sample
-    metrics["time_metrics_s"] = time.perf_counter() - start
+        metrics[Metric.CLASS_ACC] = class_accuracy(classifier, images, labels)
+    metrics[Metric.TIME_SAMPLE_S] = t_sample
+    metrics[Metric.TIME_METRICS_S] = time.perf_counter() - start
     return metrics, images

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.errors import KDBenchError, TrackingError
+from harness.schema import Kind
 from harness.tracking import mask_uri, resolve_uri
 from leaderboards import stats
 from leaderboards.load import load_runs, run_metadata
@@ -82,7 +83,7 @@ def report(
     main = df
     if compare_ids and grid_ids:
         main = df[df["grid_id"].isin(grid_ids)]
-    cells = main[main["kind"] == "cell"] if "kind" in main else main
+    cells = main[main["kind"] == Kind.CELL] if "kind" in main else main
     if baseline is not None:
         check_baseline(main, baseline)
     elif (cells[stats.KEY] == DEFAULT_BASELINE).any():

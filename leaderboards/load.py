@@ -16,51 +16,11 @@ from collections.abc import Iterable
 import pandas as pd
 
 from harness.errors import TrackingError
+from harness.schema import FLOAT_PARAMS, INT_PARAMS, STR_PARAMS, TABLE_METRICS, TABLE_TAGS, Kind
 from harness.tracking import mask_uri, open_client, resolve_uri
 
-TAGS = (
-    "kind",
-    "grid_id",
-    "grid_name",
-    "cell_id",
-    "status",
-    "git_commit",
-    "version",
-    "fid_features",
-    "teacher_mode",
-    "torch_fidelity",
-    "fid_reference",
-)
-STR_PARAMS = ("objective", "objective_spec", "teacher", "student", "backbone", "process", "dataset")
-INT_PARAMS = (
-    "teacher_params",
-    "student_params",
-    "image_size",
-    "seed",
-    "steps",
-    "batch_size",
-    "num_samples",
-)
-FLOAT_PARAMS = ("lr",)
-METRICS = (
-    "fid",
-    "kid_mean",
-    "kid_std",
-    "fid_boot_std",
-    "isc_mean",
-    "precision",
-    "recall",
-    "class_acc",
-    "iter_per_s",
-    "peak_mem_mb",
-    "teacher_share",
-    "time_train_s",
-    "time_sample_s",
-    "time_metrics_s",
-    "time_teacher_s",
-    "time_assistant_s",
-    "diverged_step",
-)
+TAGS = tuple(tag.column for tag in TABLE_TAGS)
+METRICS = tuple(str(metric) for metric in TABLE_METRICS)
 BASE = (
     "run_id",
     "run_name",
@@ -125,8 +85,8 @@ def _row(run, experiment_names: dict[str, str]) -> dict:
         "start_time": run.info.start_time,
         "end_time": run.info.end_time,
     }
-    for name in TAGS:
-        row[name] = tags.get(f"kdbench.{name}")
+    for tag in TABLE_TAGS:
+        row[tag.column] = tags.get(tag)
     if row["status"] is None:
         row["status"] = str(run.info.status).lower()
     row.update({k: float(v) for k, v in metrics.items()})
@@ -187,7 +147,7 @@ def _unique(series: pd.Series) -> str:
 
 def _provenance(df: pd.DataFrame) -> str:
     """torch-fidelity version, generated-sample counts and the reference set of the cells."""
-    cells = df[df["kind"] == "cell"]
+    cells = df[df["kind"] == Kind.CELL]
     version = _unique(cells["torch_fidelity"])
     samples = _unique(cells["num_samples"])
     reference = _unique(cells["fid_reference"])
@@ -198,8 +158,8 @@ def run_metadata(df: pd.DataFrame) -> dict[str, str]:
     """What a reader needs to trust a table: grids, commit, versions, data, FID, dates."""
     import mlflow
 
-    cells = df[df["kind"] == "cell"]
-    teachers = df[df["kind"] == "teacher"]
+    cells = df[df["kind"] == Kind.CELL]
+    teachers = df[df["kind"] == Kind.TEACHER]
     counts = cells["status"].value_counts()
     status = ", ".join(f"{n} {s}" for s, n in counts.items())
     grids = sorted(

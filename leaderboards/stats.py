@@ -51,6 +51,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from harness.schema import Status
+
 KEY = "objective"  # the row-key column; a label/spec column can replace it
 ALPHA = 0.05
 EXACT_MAX_PAIRS = 16  # up to 2^16 sign patterns are enumerated; beyond, 20,000 random flips
@@ -73,8 +75,8 @@ def cell_validity(cells: pd.DataFrame, key: str = KEY) -> pd.DataFrame:
         {
             key: cells[key],
             "teacher": cells["teacher"],
-            "finished": (status == "finished").astype(int),
-            "diverged": (status == "diverged").astype(int),
+            "finished": (status == Status.FINISHED).astype(int),
+            "diverged": (status == Status.DIVERGED).astype(int),
         }
     )
     out = frame.groupby([key, "teacher"], dropna=True)[["finished", "diverged"]].sum()
@@ -89,12 +91,14 @@ def seed_values(cells: pd.DataFrame, metric: str, key: str = KEY) -> pd.DataFram
     (key, teacher, seed), e.g. from pooled grids, are averaged.
     """
     finite = np.isfinite(pd.to_numeric(cells[metric], errors="coerce").to_numpy(dtype=float))
-    ok = cells.loc[(cells["status"] == "finished").to_numpy() & finite, [key, "teacher", "seed"]]
+    ok = cells.loc[
+        (cells["status"] == Status.FINISHED).to_numpy() & finite, [key, "teacher", "seed"]
+    ]
     ok = ok.assign(value=cells[metric].astype(float)).dropna(subset=[key, "teacher", "seed"])
     if ok.empty:
         return pd.DataFrame(index=pd.MultiIndex.from_tuples([], names=[key, "teacher"]))
     table = ok.groupby([key, "teacher", "seed"], sort=True)["value"].mean().unstack("seed")
-    diverged = cells.loc[cells["status"] == "diverged", [key, "teacher"]]
+    diverged = cells.loc[cells["status"] == Status.DIVERGED, [key, "teacher"]]
     counts = diverged.groupby([key, "teacher"]).size()
     invalid = [i for i in counts.index[counts > 1] if i in table.index]
     return table.drop(index=invalid) if invalid else table

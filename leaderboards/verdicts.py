@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import KDBenchError
+from harness.schema import Metric, Status
 from leaderboards import stats
 from leaderboards.tables import (
     Table,
@@ -241,7 +242,7 @@ def rank_table(df: pd.DataFrame, metric: str, alpha: float = stats.ALPHA) -> Tab
     )
 
 
-NOISE_METRICS = {"fid": "fid_boot_std"}
+NOISE_METRICS = {Metric.FID: Metric.FID_BOOT_STD}
 
 
 def noise_table(df: pd.DataFrame, metric: str = "fid") -> Table | None:
@@ -253,7 +254,7 @@ def noise_table(df: pd.DataFrame, metric: str = "fid") -> Table | None:
     cells = _cells(df)
     if noise_col is None or noise_col not in cells or not cells[noise_col].notna().any():
         return None
-    finished = cells[cells["status"] == "finished"]
+    finished = cells[cells["status"] == Status.FINISHED]
     rows = []
     for row in objective_order(finished[KEY]):
         group = finished[finished[KEY] == row]
