@@ -68,6 +68,11 @@ class Table:
     notes: list[str] = field(default_factory=list)
     best: set[tuple[str, str]] = field(default_factory=set)  # (display row, display column)
 
+    def __post_init__(self) -> None:
+        # Rows are keyed by the objective's specification; readers see the column "objective".
+        for frame in (self.data, self.display):
+            frame.rename_axis(index={ROW_KEY: "objective"}, inplace=True)
+
 
 def higher_is_better(metric: str) -> bool:
     return metric in HIGHER_IS_BETTER
@@ -142,7 +147,10 @@ def _check_metric(df: pd.DataFrame, metric: str) -> None:
 
 
 def _cells(df: pd.DataFrame) -> pd.DataFrame:
-    return df[df["kind"] == Kind.CELL]
+    """The cell runs, with the row key (``ROW_KEY``) filled in for every run."""
+    cells = df[df["kind"] == Kind.CELL].copy()
+    cells[ROW_KEY] = row_key(cells)
+    return cells
 
 
 def _stats(values: pd.Series) -> tuple[float, float, int]:
@@ -259,7 +267,7 @@ def capacity_gap_table(
     objectives = objective_order(cell.index.get_level_values("objective"))
     labels = dict(zip(teachers["teacher"], teachers["label"]))
     data = cell.copy()
-    ties = stats.tie_groups(_cells(df), metric, higher_is_better(metric), alpha)
+    ties = stats.tie_groups(_cells(df), metric, higher_is_better(metric), alpha, key=ROW_KEY)
     data["best"] = ties["best"].reindex(data.index).fillna(False).astype(bool)
     data["tied"] = ties["tied"].reindex(data.index).fillna(False).astype(bool)
     data["p_vs_best"] = ties["p_holm"].reindex(data.index)
@@ -517,8 +525,8 @@ def compare(
     data = data.set_index(["objective", "teacher"])
 
     can_pair, why_not = pairable(df_a, df_b)
-    values_a = stats.seed_values(_cells(df_a), metric)
-    values_b = stats.seed_values(_cells(df_b), metric)
+    values_a = stats.seed_values(_cells(df_a), metric, key=ROW_KEY)
+    values_b = stats.seed_values(_cells(df_b), metric, key=ROW_KEY)
     results = []
     for key in data.index:
         va = values_a.loc[key] if key in values_a.index else pd.Series(dtype=float)
