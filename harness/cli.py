@@ -136,16 +136,19 @@ def run(
         from leaderboards import report
 
         plots = Path("kdbench-out") / "plots" / cfg.grid.name
-        click.echo(
-            report(
+        try:
+            board = report(
                 result.tracking_uri,
                 experiments=[experiment_name(cfg)],
                 grid_ids=[result.grid_id],
                 fmt="text",
                 plot_dir=plots,
             )
-        )
-        click.echo(f"plots: {plots.resolve()}")
+        except KDBenchError as exc:  # e.g. every cell failed: nothing to rank
+            click.echo(f"kdbench: leaderboard: {exc}", err=True)
+        else:
+            click.echo(board)
+            click.echo(f"plots: {plots.resolve()}")
     click.echo(
         f"MLflow store: {mask_uri(result.tracking_uri)} "
         f"(experiment {experiment_name(cfg)}; `kdbench ui` to browse)"

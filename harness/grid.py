@@ -83,6 +83,8 @@ def run_grid(
     preflight(cfg, ds.channels)
     executor = get_executor(cfg.executor.name, **cfg.executor.options)
     uri = resolve_uri(tracking_uri or cfg.tracking.uri, workdir)
+    cache = Path(cache_dir or cfg.cache.dir or default_cache_dir()).expanduser()
+    check_locations(cache, uri)
     tracker = Tracker(uri, experiment_name(cfg))
     gid = grid_id(cfg)
     cells = expand(cfg)
@@ -103,7 +105,7 @@ def run_grid(
         "experiment_id": tracker.experiment_id,
         "grid_id": gid,
         "rerun": rerun,
-        "cache_dir": str(Path(cache_dir or cfg.cache.dir or default_cache_dir()).expanduser()),
+        "cache_dir": str(cache),
         "progress": progress,
         "git_commit": git_commit(),
     }
@@ -183,6 +185,38 @@ def preflight(cfg: GridConfig, channels: int) -> None:
                     part(student=s, teacher=t, step=0, total_steps=cfg.train.steps)
             except KDBenchError as exc:
                 raise ConfigError(f"objectives[{i}]: {exc}") from None
+
+
+def check_writable(folder: Path, what: str, fix: str) -> None:
+    """Create ``folder`` if needed and prove a file can be written there (then removed).
+
+    Trying it is the only honest test: permission bits say nothing for root, on read-only
+    mounts, or under ``/proc``.
+    """
+    import errno
+    import tempfile
+
+    from harness.errors import ConfigError
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".kdbench-write-check-"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or errno.errorcode.get(exc.errno or 0, str(exc))
+        raise ConfigError(f"{what} {folder} is not writable ({reason}); {fix}") from None
+
+
+def check_locations(cache: Path, uri: str) -> None:
+    """The cache, a SQLite store's folder and its artifact folder must take files."""
+    from harness.tracking import sqlite_path
+
+    check_writable(cache, "cache folder", "choose another with --cache-dir or cache.dir")
+    db = sqlite_path(uri)
+    if db is not None:
+        fix = "choose another with --tracking-uri or tracking.uri"
+        check_writable(db.parent, "tracking store folder", fix)
+        check_writable(db.parent / "mlartifacts", "artifact folder", fix)
 
 
 @contextlib.contextmanager

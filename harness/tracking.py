@@ -69,7 +69,7 @@ def resolve_uri(uri: str | None, workdir: str | os.PathLike = ".") -> str:
         folder = Path(workdir).resolve() / DEFAULT_SUBDIR
         folder.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{folder / 'mlflow.db'}"
-    db = _sqlite_path(chosen)
+    db = sqlite_path(chosen)
     if db is not None and not db.is_absolute():
         query = chosen.partition("?")[2]
         absolute = Path(workdir).resolve() / db
@@ -102,7 +102,7 @@ def mask_uri(uri: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
-def _sqlite_path(uri: str) -> Path | None:
+def sqlite_path(uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` URI (None for other schemes or in-memory)."""
     if not uri.startswith("sqlite:///"):
         return None
@@ -173,7 +173,7 @@ def open_client(uri: str, create: bool = False):
     """
     from mlflow.tracking import MlflowClient
 
-    db = _sqlite_path(uri)
+    db = sqlite_path(uri)
     if db is not None:
         if not create and not db.exists():
             raise TrackingError(
@@ -223,7 +223,7 @@ class Tracker:
     @classmethod
     def attach(cls, uri: str, experiment_id: str) -> Tracker:
         """A Tracker for an existing store and experiment; creates nothing."""
-        db = _sqlite_path(uri)
+        db = sqlite_path(uri)
         if db is not None and not db.exists():
             raise TrackingError(
                 f"no tracking store at {db}; create it with Tracker(uri, experiment) first"
@@ -287,7 +287,7 @@ class Tracker:
             ) from None
 
     def _default_artifact_location(self, experiment: str) -> str | None:
-        db = _sqlite_path(self.uri)
+        db = sqlite_path(self.uri)
         if db is None:
             return None
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment).strip("_") or "experiment"

@@ -59,6 +59,7 @@ def report(
     main = df
     if compare_ids and grid_ids:
         main = df[df["grid_id"].isin(grid_ids)]
+    _require_results(main, uri, experiments, grid_ids)
     tables = [capacity_gap_table(main, metric, collapse_fid)]
     cells = main[main["kind"] == "cell"] if "kind" in main else main
     if metric != "class_acc" and "class_acc" in cells and cells["class_acc"].notna().any():
@@ -86,6 +87,19 @@ def report(
         if skipped:
             metadata["plots skipped"] = "; ".join(skipped)
     return render(tables, fmt, metadata)
+
+
+def _require_results(df: pd.DataFrame, uri: str, experiments, grid_ids) -> None:
+    """A selection whose cells all failed (or never ran) has nothing to rank: say so."""
+    cells = df[df["kind"] == "cell"] if "kind" in df else df.iloc[0:0]
+    if cells["status"].isin(["finished", "diverged"]).any():
+        return
+    scope = ", ".join(list(grid_ids or []) + list(experiments or [])) or mask_uri(uri)
+    counts = ", ".join(f"{n} {s}" for s, n in cells["status"].value_counts().items())
+    raise TrackingError(
+        f"no finished cell in {scope} ({counts or 'no cell runs'}): nothing to rank "
+        "yet; see each run's kdbench.error tag, fix the cause and re-run the grid"
+    )
 
 
 def compare_report(
