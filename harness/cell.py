@@ -94,9 +94,19 @@ def _common_tags(
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
-    if job["kind"] == "teacher":
-        return run_teacher(job)
-    return run_cell(job)
+    """Run one job; a tracking store that cannot be used fails it with one line.
+
+    (When the server stays away past its retry bound, nothing more can be recorded there:
+    the run stays RUNNING with its checkpoint, and the next run of the grid resumes it.)
+    """
+    from harness.errors import TrackingError
+
+    try:
+        if job["kind"] == "teacher":
+            return run_teacher(job)
+        return run_cell(job)
+    except TrackingError as exc:
+        return {"cell_id": job["cell_id"], "status": "failed", "error": _one_line(exc)}
 
 
 # ---------------------------------------------------------------------- teachers
@@ -429,7 +439,8 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
         raise
     except Exception as exc:
         log.debug("cell %s failed:\n%s", job["cell_id"], traceback.format_exc())
-        tracker.set_tags(run_id, {"kdbench.error": _one_line(exc)})
-        tracker.finish(run_id, "failed")
+        if not tracker.down:  # else nothing reaches the store; the run resumes next time
+            tracker.set_tags(run_id, {"kdbench.error": _one_line(exc)})
+            tracker.finish(run_id, "failed")
         result.update(status="failed", error=_one_line(exc))
     return result

@@ -21,8 +21,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import free_port, running_mlflow_server
 from mlflow.tracking import MlflowClient
 from test_grid_e2e import cell_runs, grid_file, run
+from test_tracking import fast_dir  # noqa: F401 (a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 FAULTS = Path(__file__).resolve().parent / "faults"
@@ -141,3 +143,84 @@ def test_full_disk_at_a_checkpoint_fails_the_cell_and_a_rerun_resumes_it(space):
     assert done.data.tags["kdbench.status"] == "finished" and "fid" in done.data.metrics
     assert steps_logged(space["uri"], done.info.run_id) == [0, 2, 4, 6, 8, 10, 12, 14]
     assert not ckpt.exists()
+
+
+# ---------------------------------------------------------------------- the server goes away
+
+
+def wait_for(proc: subprocess.Popen, path: Path, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"kdbench ended ({proc.returncode}) before {path.name}: {err[-3000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"{path.name} did not appear within {timeout:g} s")
+        time.sleep(0.05)
+
+
+LONG = ["objectives=['none']", "train.steps=200", "train.checkpoint_every=10"]
+LONG_STEPS = list(range(0, 200, 2)) + [199]
+
+
+def _server_grid(space, name):
+    from harness.config import expand
+
+    path, cfg = grid_file(space["root"], name, LONG)
+    [cell] = expand(cfg)
+    return path, space["cache"] / "checkpoints" / f"{cell['cell_id']}.safetensors"
+
+
+@pytest.mark.slow
+def test_server_stopped_mid_training_and_started_again_loses_no_step(space, fast_dir):  # noqa: F811
+    """SIGTERM to ``mlflow server`` after the cell's first checkpoint, a new server on the
+    same port and store a few seconds later: the cell waits, then logs everything once."""
+    backend, port = f"sqlite:///{fast_dir / 'server.db'}", free_port()
+    path, ckpt = _server_grid(space, "server-away")
+    env = {"KDBENCH_TRACKING_RETRY_S": "240"}
+    with running_mlflow_server(backend, space["root"], port=port) as url:
+        proc = kdbench(path, url, space["cache"], *sets(*LONG), env=env)
+        wait_for(proc, ckpt)
+    try:  # the server is down now, while the cell trains on
+        time.sleep(3)
+        with running_mlflow_server(backend, space["root"], port=port) as url:
+            out, err = finish(proc)
+            assert proc.returncode == 0, err[-3000:]
+            assert "does not answer" in err and "is back after" in err  # it was hit, and waited
+            [r] = cell_runs(url, "kdbench-server-away")
+            assert r.data.tags["kdbench.status"] == "finished" and "fid" in r.data.metrics
+            assert steps_logged(url, r.info.run_id) == LONG_STEPS  # each once: none lost
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_server_that_never_comes_back_is_one_line_and_the_next_run_resumes(space, fast_dir):  # noqa: F811
+    backend, port = f"sqlite:///{fast_dir / 'server.db'}", free_port()
+    path, ckpt = _server_grid(space, "server-gone")
+    env = {"KDBENCH_TRACKING_RETRY_S": "4"}
+    with running_mlflow_server(backend, space["root"], port=port) as url:
+        secret = url.replace("http://", "http://alice:s3cret@")
+        proc = kdbench(path, secret, space["cache"], *sets(*LONG), env=env)
+        wait_for(proc, ckpt)
+    out, err = finish(proc)
+    assert proc.returncode == 2, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"kdbench: error: tracking server http://alice:***@127.0.0.1:{port} ")
+    assert "did not answer" in last and "re-run the grid" in last and "KDBENCH_TRACKING" in last
+    assert "s3cret" not in out + err and "Traceback" not in err
+    assert ckpt.exists()
+
+    with running_mlflow_server(backend, space["root"], port=port) as url:
+        [before] = cell_runs(url, "kdbench-server-gone")
+        logged = steps_logged(url, before.info.run_id)
+        assert logged == sorted(set(logged)) and logged[:5] == [0, 2, 4, 6, 8]
+        again = kdbench(path, url, space["cache"], *sets(*LONG))
+        out, err = finish(again)
+        assert again.returncode == 0, err[-3000:]
+        [r] = cell_runs(url, "kdbench-server-gone")  # the same run, resumed
+        assert r.info.run_id == before.info.run_id
+        assert r.data.tags["kdbench.status"] == "finished" and r.info.status == "FINISHED"
+        assert steps_logged(url, r.info.run_id) == LONG_STEPS
