@@ -94,17 +94,23 @@ def _common_tags(
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
-    """Run one job; a tracking store that cannot be used fails it with one line.
+    """Run one job under its claim (see ``harness.claims``).
 
-    (When the server stays away past its retry bound, nothing more can be recorded there:
-    the run stays RUNNING with its checkpoint, and the next run of the grid resumes it.)
+    A job whose cell another live run holds is ``skipped`` with ``claimed_by`` naming the
+    owner.  A tracking store that cannot be used fails the job with one line (when the
+    server stays away past its retry bound nothing more can be recorded there: the run
+    stays RUNNING with its checkpoint, and the next run of the grid resumes it).
     """
+    from harness.claims import ClaimHeld, claim
     from harness.errors import TrackingError
 
     try:
-        if job["kind"] == "teacher":
-            return run_teacher(job)
-        return run_cell(job)
+        with claim(job["cache_dir"], job["cell_id"]):
+            if job["kind"] == "teacher":
+                return run_teacher(job)
+            return run_cell(job)
+    except ClaimHeld as held:
+        return {"cell_id": job["cell_id"], "status": "skipped", "claimed_by": held.owner}
     except TrackingError as exc:
         return {"cell_id": job["cell_id"], "status": "failed", "error": _one_line(exc)}
 
@@ -231,6 +237,10 @@ def _open_run(
             tracker.resume_run(run_id)
             return run_id, True
     ckpt.unlink(missing_ok=True)
+    for r in runs:  # we hold the cell's claim: a RUNNING run of it has lost its process
+        if r["status"] == "running":
+            tracker.set_tags(r["run_id"], {"kdbench.error": "its process ended without closing it"})
+            tracker.finish(r["run_id"], "failed")
     spec = job["objective"]
     params = {
         "objective": job["objective_label"],

@@ -124,11 +124,15 @@ def run(
     result = run_grid(
         cfg, tracking_uri=tracking_uri, rerun=rerun, cache_dir=cache_dir, progress=not quiet
     )
+    claimed = result.claimed
     click.echo(
         f"grid {cfg.grid.name} ({result.grid_id}): {result.count('finished')} finished, "
         f"{result.count('diverged')} diverged, {result.count('failed')} failed, "
         f"{len(result.skipped)} already done"
+        + (f", {len(claimed)} claimed by another run" if claimed else "")
     )
+    for r in claimed:
+        click.echo(f"  claimed by another run: {r.get('cell_id')}: {r['claimed_by']}")
     for r in result.results + result.teacher_results:
         if r.get("status") == "failed":
             click.echo(f"  failed: {r.get('cell_id')}: {r.get('error', '')}", err=True)

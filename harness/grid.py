@@ -36,6 +36,11 @@ class GridRun:
     def count(self, status: str) -> int:
         return sum(1 for r in self.results if r.get("status") == status)
 
+    @property
+    def claimed(self) -> list[dict[str, Any]]:
+        """Cells left to another live run of the grid (``claimed_by`` names it)."""
+        return [r for r in self.results if r.get("claimed_by")]
+
 
 def _jobs(
     cfg: GridConfig, context: dict[str, Any], cells: list[dict[str, Any]]
@@ -121,7 +126,7 @@ def run_grid(
         _close_orphaned_runs(tracker, stage, jobs, results)
         if stage == "teacher":
             run.teacher_results = results
-            failed = [r for r in results if r.get("status") != "finished"]
+            failed = [r for r in results if r.get("status") not in ("finished", "skipped")]
             if failed:
                 log.warning("%d teacher job(s) failed; their cells will fail too", len(failed))
         else:

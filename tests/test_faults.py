@@ -224,3 +224,114 @@ def test_server_that_never_comes_back_is_one_line_and_the_next_run_resumes(space
         assert r.info.run_id == before.info.run_id
         assert r.data.tags["kdbench.status"] == "finished" and r.info.status == "FINISHED"
         assert steps_logged(url, r.info.run_id) == LONG_STEPS
+
+
+# ---------------------------------------------------------------------- two grids racing
+
+
+def _summary(out: str) -> str:
+    [line] = [x for x in out.splitlines() if x.startswith("grid ")]
+    return line
+
+
+def test_a_claim_is_exclusive_and_expires_with_its_owner(tmp_path):
+    """Unit level, with real processes: a held claim is refused; a SIGKILLed owner's is not."""
+    from harness.claims import ClaimHeld, claim, claim_path
+
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from harness.claims import claim\n"
+            "with claim(sys.argv[1], 'c1'):\n"
+            "    print('held', flush=True)\n"
+            "    time.sleep(600)\n",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ClaimHeld) as info:
+            with claim(tmp_path, "c1"):
+                pass
+        assert f"pid {holder.pid} on " in info.value.owner and "heartbeat" in info.value.owner
+        with claim(tmp_path, "c2"):  # other cells are free
+            pass
+        holder.kill()
+        holder.wait()
+        assert claim_path(tmp_path, "c1").exists()  # left behind by the dead owner...
+        with claim(tmp_path, "c1") as owner:  # ...and expired with it
+            assert owner["pid"] == os.getpid()
+        assert not claim_path(tmp_path, "c1").exists()  # released
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+
+
+@pytest.mark.slow
+def test_two_grids_started_together_train_each_cell_once(space):
+    from harness.config import expand
+
+    grid = ["objectives=['none', 'outkd']", "train.steps=40"]
+    path, cfg = grid_file(space["root"], "race", grid)
+    procs = [kdbench(path, space["uri"], space["cache"], *sets(*grid)) for _ in range(2)]
+    outs = [finish(p) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    summaries = [_summary(out) for out, _ in outs]
+    finished = [int(s.split(": ")[1].split(" finished")[0]) for s in summaries]
+    assert sum(finished) == 2, summaries  # each cell trained by exactly one of them
+    runs = cell_runs(space["uri"], "kdbench-race")
+    assert sorted(r.data.tags["kdbench.cell_id"] for r in runs) == sorted(
+        c["cell_id"] for c in expand(cfg)
+    )
+    assert all(r.data.tags["kdbench.status"] == "finished" for r in runs)
+    client = MlflowClient(tracking_uri=space["uri"])
+    exp = client.get_experiment_by_name("kdbench-race")
+    teachers = client.search_runs([exp.experiment_id], "tags.`kdbench.kind` = 'teacher'")
+    assert len(teachers) == 1  # the teacher's evaluation is recorded once too
+    for r in runs:
+        assert steps_logged(space["uri"], r.info.run_id) == list(range(0, 40, 2)) + [39]
+
+
+@pytest.mark.slow
+def test_a_claimed_cell_is_left_alone_and_taken_over_when_its_owner_dies(space):
+    """A holds the cell (stopped with SIGSTOP mid-training): B skips it and says so.  A is
+    SIGKILLed: C resumes A's run from A's checkpoint, and every step is logged once."""
+    import signal
+
+    grid = ["objectives=['none']", "train.steps=40", "train.checkpoint_every=10"]
+    path, cfg = grid_file(space["root"], "race-owner", grid)
+    from harness.config import expand
+
+    [cell] = expand(cfg)
+    ckpt = space["cache"] / "checkpoints" / f"{cell['cell_id']}.safetensors"
+    a = kdbench(path, space["uri"], space["cache"], *sets(*grid))
+    try:
+        wait_for(a, ckpt)
+        os.killpg(a.pid, signal.SIGSTOP)
+        b = kdbench(path, space["uri"], space["cache"], *sets(*grid))
+        out, err = finish(b)
+        assert b.returncode == 0, err[-3000:]
+        assert _summary(out).endswith("0 failed, 0 already done, 1 claimed by another run")
+        assert f"claimed by another run: {cell['cell_id']}: pid {a.pid} on " in out
+        [held] = cell_runs(space["uri"], "kdbench-race-owner")
+        assert held.data.tags["kdbench.status"] == "running"  # B created no run of its own
+        os.killpg(a.pid, signal.SIGKILL)
+        a.wait()
+    finally:
+        if a.poll() is None:
+            os.killpg(a.pid, signal.SIGKILL)
+            a.wait()
+    c = kdbench(path, space["uri"], space["cache"], *sets(*grid))
+    out, err = finish(c)
+    assert c.returncode == 0, err[-3000:]
+    assert _summary(out).endswith("1 finished, 0 diverged, 0 failed, 0 already done")
+    [r] = cell_runs(space["uri"], "kdbench-race-owner")
+    assert r.info.run_id == held.info.run_id and r.data.tags["kdbench.status"] == "finished"
+    assert steps_logged(space["uri"], r.info.run_id) == list(range(0, 40, 2)) + [39]
