@@ -242,18 +242,24 @@ def _close_orphaned_runs(
     """A worker killed by a signal, OOM or Ctrl-C can leave its run RUNNING: close it.
 
     Dead workers' runs become ``failed``, interrupted ones ``killed``; their checkpoints
-    stay, so a re-run resumes them.
+    stay, so a re-run resumes them.  A cell that another live run of the grid has claimed
+    (its worker here died before claiming it) is that run's to close, not ours.
     """
+    from harness.claims import ClaimHeld, claim
+
     id_tag = "kdbench.cell_id" if stage == "cell" else "kdbench.teacher_id"
     for job, result in zip(jobs, results):
         status = result.get("status")
         if status not in ("failed", "killed"):
             continue
         key = job["cell_id"] if stage == "cell" else job["teacher_id"]
-        for r in tracker.find_runs({id_tag: key, "kdbench.kind": stage}):
-            if r["status"] == "running":
-                if status == "failed":
-                    tracker.set_tags(
-                        r["run_id"], {"kdbench.error": result.get("error", "worker died")}
-                    )
-                tracker.finish(r["run_id"], status)
+        try:
+            with claim(job["cache_dir"], job["cell_id"]):
+                for r in tracker.find_runs({id_tag: key, "kdbench.kind": stage}):
+                    if r["status"] == "running":
+                        if status == "failed":
+                            error = result.get("error", "worker died")
+                            tracker.set_tags(r["run_id"], {"kdbench.error": error})
+                        tracker.finish(r["run_id"], status)
+        except ClaimHeld:
+            continue

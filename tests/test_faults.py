@@ -277,7 +277,7 @@ def test_a_claim_is_exclusive_and_expires_with_its_owner(tmp_path):
 def test_two_grids_started_together_train_each_cell_once(space):
     from harness.config import expand
 
-    grid = ["objectives=['none', 'outkd']", "train.steps=40"]
+    grid = ["objectives=['none', 'outkd']", "train.steps=120"]
     path, cfg = grid_file(space["root"], "race", grid)
     procs = [kdbench(path, space["uri"], space["cache"], *sets(*grid)) for _ in range(2)]
     outs = [finish(p) for p in procs]
@@ -296,7 +296,7 @@ def test_two_grids_started_together_train_each_cell_once(space):
     teachers = client.search_runs([exp.experiment_id], "tags.`kdbench.kind` = 'teacher'")
     assert len(teachers) == 1  # the teacher's evaluation is recorded once too
     for r in runs:
-        assert steps_logged(space["uri"], r.info.run_id) == list(range(0, 40, 2)) + [39]
+        assert steps_logged(space["uri"], r.info.run_id) == list(range(0, 120, 2)) + [119]
 
 
 @pytest.mark.slow
