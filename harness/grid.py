@@ -193,7 +193,8 @@ def preflight(cfg: GridConfig, channels: int) -> None:
 
 
 def check_writable(folder: Path, what: str, fix: str) -> None:
-    """Create ``folder`` if needed and prove a file can be written there (then removed).
+    """Prove that a file can be written in ``folder`` (or, while it does not exist yet, in
+    its nearest existing parent), leaving nothing behind.
 
     Trying it is the only honest test: permission bits say nothing for root, on read-only
     mounts, or under ``/proc``.
@@ -203,12 +204,18 @@ def check_writable(folder: Path, what: str, fix: str) -> None:
 
     from harness.errors import ConfigError
 
+    probe = folder.absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".kdbench-write-check-"):
+        if not probe.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{probe} is not a folder")
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".kdbench-write-check-"):
             pass
     except OSError as exc:
         reason = exc.strerror or errno.errorcode.get(exc.errno or 0, str(exc))
+        if probe != folder.absolute() and probe.is_dir():
+            reason = f"cannot create it in {probe}: {reason}"
         raise ConfigError(f"{what} {folder} is not writable ({reason}); {fix}") from None
 
 
