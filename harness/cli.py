@@ -119,6 +119,7 @@ def run(
             click.echo(f"  {cell['cell_id']}  {cell['label']}")
         return
     from harness.grid import run_grid
+    from harness.schema import Status
     from harness.tracking import mask_uri
 
     result = run_grid(
@@ -126,15 +127,15 @@ def run(
     )
     claimed = result.claimed
     click.echo(
-        f"grid {cfg.grid.name} ({result.grid_id}): {result.count('finished')} finished, "
-        f"{result.count('diverged')} diverged, {result.count('failed')} failed, "
+        f"grid {cfg.grid.name} ({result.grid_id}): {result.count(Status.FINISHED)} finished, "
+        f"{result.count(Status.DIVERGED)} diverged, {result.count(Status.FAILED)} failed, "
         f"{len(result.skipped)} already done"
         + (f", {len(claimed)} claimed by another run" if claimed else "")
     )
     for r in claimed:
         click.echo(f"  claimed by another run: {r.get('cell_id')}: {r['claimed_by']}")
     for r in result.results + result.teacher_results:
-        if r.get("status") == "failed":
+        if r.get("status") == Status.FAILED:
             click.echo(f"  failed: {r.get('cell_id')}: {r.get('error', '')}", err=True)
     if not no_leaderboard:
         from leaderboards import report
@@ -157,7 +158,7 @@ def run(
         f"MLflow store: {mask_uri(result.tracking_uri)} "
         f"(experiment {experiment_name(cfg)}; `kdbench ui` to browse)"
     )
-    if result.count("failed"):
+    if result.count(Status.FAILED):
         sys.exit(1)
 
 
@@ -347,12 +348,21 @@ def teachers(
     help="Where to write the weights (default: the shipped file).",
 )
 @click.option("--seed", default=0, show_default=True)
-def train_classifier_cmd(out: Path | None, seed: int) -> None:
-    """Retrain the digit classifier that the embedded default's metrics use."""
-    from harness.classifier import default_weights_path, train_classifier
+@click.option(
+    "--dataset",
+    default="digits",
+    show_default=True,
+    help="The data set whose own feature classifier to retrain.",
+)
+def train_classifier_cmd(out: Path | None, seed: int, dataset: str) -> None:
+    """Retrain the classifier a data set ships for its metrics (digits: the embedded default)."""
+    from harness.registry import lookup
 
-    path = out or default_weights_path()
-    metrics = train_classifier(seed=seed, out_path=path)
+    own = lookup("dataset", dataset).feature_classifier
+    if own is None:
+        raise KDBenchError(f"data set {dataset!r} ships no feature classifier to retrain")
+    path = out or own.default_path()
+    metrics = own.train(seed=seed, out_path=path)
     click.echo(f"wrote {path}: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
 
 

@@ -19,6 +19,8 @@ from typing import Any
 
 from harness.config import GridConfig, expand, experiment_name, grid_id
 from harness.executor import GridInterrupted
+from harness.jobs import CellJob, GridContext, TeacherJob
+from harness.schema import DONE, Kind, Status, Tag
 
 log = logging.getLogger("kdbench")
 
@@ -28,7 +30,7 @@ class GridRun:
     grid_id: str
     experiment: str
     tracking_uri: str
-    cells: list[dict[str, Any]]
+    cells: list[dict[str, Any]]  # harness.config.expand's cells
     skipped: list[str] = field(default_factory=list)
     teacher_results: list[dict[str, Any]] = field(default_factory=list)
     results: list[dict[str, Any]] = field(default_factory=list)
@@ -43,23 +45,19 @@ class GridRun:
 
 
 def _jobs(
-    cfg: GridConfig, context: dict[str, Any], cells: list[dict[str, Any]]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    teachers: dict[str, dict[str, Any]] = {}
+    context: GridContext, cells: list[dict[str, Any]]
+) -> tuple[list[TeacherJob], list[CellJob]]:
+    """One job per distinct teacher (first-seen order), one per cell."""
+    teachers: dict[str, TeacherJob] = {}
     for cell in cells:
-        teachers.setdefault(
-            cell["teacher_id"],
-            {
-                **context,
-                "kind": "teacher",
-                "cell_id": f"teacher-{cell['teacher_id']}",
-                "label": f"teacher {cell['teacher_name']}",
-                "teacher": cell["teacher"],
-                "teacher_id": cell["teacher_id"],
-            },
-        )
-    cell_jobs = [{**context, "kind": "cell", **cell} for cell in cells]
-    return list(teachers.values()), cell_jobs
+        if cell["teacher_id"] not in teachers:
+            teachers[cell["teacher_id"]] = TeacherJob(
+                context=context,
+                teacher=cell["teacher"],
+                teacher_id=cell["teacher_id"],
+                teacher_name=cell["teacher_name"],
+            )
+    return list(teachers.values()), [CellJob.from_cell(context, cell) for cell in cells]
 
 
 def run_grid(
@@ -96,26 +94,26 @@ def run_grid(
     run = GridRun(gid, experiment_name(cfg), uri, cells)
     if not rerun:
         done = set()
-        for r in tracker.find_runs({"kdbench.kind": "cell"}):
-            if r["status"] in ("finished", "diverged"):
-                done.add(r["tags"].get("kdbench.cell_id"))
+        for r in tracker.find_runs({Tag.KIND: Kind.CELL}):
+            if r["status"] in DONE:
+                done.add(r["tags"].get(Tag.CELL_ID))
         run.skipped = [c["cell_id"] for c in cells if c["cell_id"] in done]
         cells = [c for c in cells if c["cell_id"] not in done]
     config = cfg.model_dump(mode="json")
     if config["tracking"]["uri"]:  # workers get ``uri``; the logged config.json no password
         config["tracking"]["uri"] = mask_uri(config["tracking"]["uri"])
-    context = {
-        "config": config,
-        "tracking_uri": uri,
-        "experiment_id": tracker.experiment_id,
-        "grid_id": gid,
-        "rerun": rerun,
-        "cache_dir": str(cache),
-        "progress": progress,
-        "git_commit": git_commit(),
-    }
-    teacher_jobs, cell_jobs = _jobs(cfg, context, cells)
-    for stage, jobs in (("teacher", teacher_jobs), ("cell", cell_jobs)):
+    context = GridContext(
+        config=config,
+        tracking_uri=uri,
+        experiment_id=tracker.experiment_id,
+        grid_id=gid,
+        cache_dir=str(cache),
+        rerun=rerun,
+        progress=progress,
+        git_commit=git_commit(),
+    )
+    teacher_jobs, cell_jobs = _jobs(context, cells)
+    for stage, jobs in ((Kind.TEACHER, teacher_jobs), (Kind.CELL, cell_jobs)):
         if not jobs:
             continue
         try:
@@ -124,9 +122,11 @@ def run_grid(
             _close_orphaned_runs(tracker, stage, jobs, exc.results)
             raise
         _close_orphaned_runs(tracker, stage, jobs, results)
-        if stage == "teacher":
+        if stage == Kind.TEACHER:
             run.teacher_results = results
-            failed = [r for r in results if r.get("status") not in ("finished", "skipped")]
+            failed = [
+                r for r in results if r.get("status") not in (Status.FINISHED, Status.SKIPPED)
+            ]
             if failed:
                 log.warning("%d teacher job(s) failed; their cells will fail too", len(failed))
         else:
@@ -151,8 +151,8 @@ def preflight(cfg: GridConfig, channels: int) -> None:
     from harness.capacity import check_fits, load_model_file
     from harness.config import objective_spec
     from harness.errors import ConfigError, KDBenchError
-    from harness.factories import get_backbone
-    from harness.objective import Outputs, build_combination
+    from harness.factories import build_combination, get_backbone
+    from harness.objective import Outputs
 
     sources = [
         (f"{section}[{i}].pretrained", cap.pretrained)
@@ -244,7 +244,10 @@ def _quiet_diffusers() -> Iterator[None]:
 
 
 def _close_orphaned_runs(
-    tracker: Any, stage: str, jobs: list[dict[str, Any]], results: list[dict[str, Any]]
+    tracker: Any,
+    stage: str,
+    jobs: list[TeacherJob] | list[CellJob],
+    results: list[dict[str, Any]],
 ) -> None:
     """A worker killed by a signal, OOM or Ctrl-C can leave its run RUNNING: close it.
 
@@ -254,19 +257,19 @@ def _close_orphaned_runs(
     """
     from harness.claims import ClaimHeld, claim
 
-    id_tag = "kdbench.cell_id" if stage == "cell" else "kdbench.teacher_id"
+    id_tag = Tag.CELL_ID if stage == Kind.CELL else Tag.TEACHER_ID
     for job, result in zip(jobs, results):
         status = result.get("status")
-        if status not in ("failed", "killed"):
+        if status not in (Status.FAILED, Status.KILLED):
             continue
-        key = job["cell_id"] if stage == "cell" else job["teacher_id"]
+        key = job.cell_id if isinstance(job, CellJob) else job.teacher_id
         try:
-            with claim(job["cache_dir"], job["cell_id"]):
-                for r in tracker.find_runs({id_tag: key, "kdbench.kind": stage}):
-                    if r["status"] == "running":
-                        if status == "failed":
+            with claim(job.context.cache_dir, job.cell_id):
+                for r in tracker.find_runs({id_tag: key, Tag.KIND: stage}):
+                    if r["status"] == Status.RUNNING:
+                        if status == Status.FAILED:
                             error = result.get("error", "worker died")
-                            tracker.set_tags(r["run_id"], {"kdbench.error": error})
+                            tracker.set_tags(r["run_id"], {Tag.ERROR: error})
                         tracker.finish(r["run_id"], status)
         except ClaimHeld:
             continue
