@@ -108,12 +108,28 @@ def _reference_tag(cfg: GridConfig, ctx: Any) -> dict[str, str]:
 
 
 def run_job(job: Job | str) -> dict[str, Any]:
-    """Run one job of a grid (a record of ``harness.jobs`` or its JSON); its result dict."""
+    """Run one job of a grid (a record of ``harness.jobs`` or its JSON) under its claim.
+
+    A job whose cell another live run holds is ``skipped`` with ``claimed_by`` naming the
+    owner (see ``harness.claims``).  A tracking store that cannot be used fails the job
+    with one line (when the server stays away past its retry bound nothing more can be
+    recorded there: the run stays RUNNING with its checkpoint, and the next run of the
+    grid resumes it).
+    """
+    from harness.claims import ClaimHeld, claim
+    from harness.errors import TrackingError
+
     if isinstance(job, str):
         job = job_from_json(job)
-    if isinstance(job, TeacherJob):
-        return run_teacher(job)
-    return run_cell(job)
+    try:
+        with claim(job.context.cache_dir, job.cell_id):
+            if isinstance(job, TeacherJob):
+                return run_teacher(job)
+            return run_cell(job)
+    except ClaimHeld as held:
+        return {"cell_id": job.cell_id, "status": Status.SKIPPED, "claimed_by": held.owner}
+    except TrackingError as exc:
+        return {"cell_id": job.cell_id, "status": Status.FAILED, "error": _one_line(exc)}
 
 
 # ---------------------------------------------------------------------- teachers
@@ -248,6 +264,10 @@ def _open_run(
             tracker.resume_run(run_id)
             return run_id, True
     ckpt.unlink(missing_ok=True)
+    for r in runs:  # we hold the cell's claim: a RUNNING run of it has lost its process
+        if r["status"] == Status.RUNNING:
+            tracker.set_tags(r["run_id"], {Tag.ERROR: "its process ended without closing it"})
+            tracker.finish(r["run_id"], Status.FAILED)
     spec = job.objective
     params = {
         "objective": spec_label(spec),  # the objectives it sums, e.g. place+featkd
@@ -320,15 +340,19 @@ def _teacher_source(
     return CachedTeacher(cache, ctx.device), "cached"
 
 
-def _step_logger(tracker: Any, run_id: str, settings: Any):
+def _step_logger(tracker: Any, run_id: str, settings: Any, logged_through: int = -1):
     """Log a step's terms (buffered); flush at the last log before each checkpoint.
 
     A killed worker loses its buffer: flushing before every checkpoint keeps the history
-    of every step before the checkpoint it resumes from.
+    of every step before the checkpoint it resumes from.  A resumed run re-does the steps
+    between its checkpoint and the fault; those already in the history
+    (``step <= logged_through``) are not logged twice.
     """
     every, ckpt = settings.log_every, settings.checkpoint_every
 
     def log(step: int, metrics: dict[str, float]) -> None:
+        if step <= logged_through:
+            return
         tracker.log_metrics(run_id, metrics, step=step)
         if (step // every + 1) * every >= (step // ckpt + 1) * ckpt:
             tracker.flush(run_id)
@@ -404,7 +428,12 @@ def run_cell(job: CellJob) -> dict[str, Any]:
             teacher=teacher_source,
             pairs=pairs,
             checkpoint=checkpoint_path(job),
-            log=_step_logger(tracker, run_id, settings),
+            log=_step_logger(
+                tracker,
+                run_id,
+                settings,
+                tracker.last_step(run_id, "train/loss") if resumed else -1,
+            ),
             device=device,
             progress=job.label if job.context.progress else None,
         )
@@ -456,7 +485,8 @@ def run_cell(job: CellJob) -> dict[str, Any]:
         raise
     except Exception as exc:
         log.debug("cell %s failed:\n%s", job.cell_id, traceback.format_exc())
-        tracker.set_tags(run_id, {Tag.ERROR: _one_line(exc)})
-        tracker.finish(run_id, Status.FAILED)
+        if not tracker.down:  # else nothing reaches the store; the run resumes next time
+            tracker.set_tags(run_id, {Tag.ERROR: _one_line(exc)})
+            tracker.finish(run_id, Status.FAILED)
         result.update(status=Status.FAILED, error=_one_line(exc))
     return result

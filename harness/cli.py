@@ -104,11 +104,15 @@ def run(
     result = run_grid(
         cfg, tracking_uri=tracking_uri, rerun=rerun, cache_dir=cache_dir, progress=not quiet
     )
+    claimed = result.claimed
     click.echo(
         f"grid {cfg.grid.name} ({result.grid_id}): {result.count(Status.FINISHED)} finished, "
         f"{result.count(Status.DIVERGED)} diverged, {result.count(Status.FAILED)} failed, "
         f"{len(result.skipped)} already done"
+        + (f", {len(claimed)} claimed by another run" if claimed else "")
     )
+    for r in claimed:
+        click.echo(f"  claimed by another run: {r.get('cell_id')}: {r['claimed_by']}")
     for r in result.results + result.teacher_results:
         if r.get("status") == Status.FAILED:
             click.echo(f"  failed: {r.get('cell_id')}: {r.get('error', '')}", err=True)
@@ -116,16 +120,19 @@ def run(
         from leaderboards import report
 
         plots = Path("kdbench-out") / "plots" / cfg.grid.name
-        click.echo(
-            report(
+        try:
+            board = report(
                 result.tracking_uri,
                 experiments=[experiment_name(cfg)],
                 grid_ids=[result.grid_id],
                 fmt="text",
                 plot_dir=plots,
             )
-        )
-        click.echo(f"plots: {plots.resolve()}")
+        except KDBenchError as exc:  # e.g. every cell failed: nothing to rank
+            click.echo(f"kdbench: leaderboard: {exc}", err=True)
+        else:
+            click.echo(board)
+            click.echo(f"plots: {plots.resolve()}")
     click.echo(
         f"MLflow store: {mask_uri(result.tracking_uri)} "
         f"(experiment {experiment_name(cfg)}; `kdbench ui` to browse)"

@@ -11,7 +11,9 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -308,12 +310,33 @@ def config_from_dict(
     data = copy.deepcopy(data)
     for assignment in overrides:
         apply_override(data, assignment)
+    for key, value in _non_finite(data):
+        raise ConfigError(
+            f"{source}: {key}: must be a finite number, got {value!r} "
+            "(inf/nan, or a literal too large for a float such as 1e400)"
+        )
     try:
         cfg = GridConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(source, exc)) from None
     validate_plugins(cfg, source)
     return cfg
+
+
+def _non_finite(node: Any, key: str = "") -> Iterator[tuple[str, float]]:
+    """``(dotted key, value)`` of every inf/nan float anywhere in a parsed config.
+
+    TOML allows ``inf`` and ``nan``, and a literal beyond the float range (``1e400``)
+    parses as ``inf``; no setting of a grid means either, so all are refused.
+    """
+    if isinstance(node, float) and not math.isfinite(node):
+        yield key or "grid", node
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            yield from _non_finite(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(node, (list, tuple)):
+        for i, v in enumerate(node):
+            yield from _non_finite(v, f"{key}[{i}]")
 
 
 # ---------------------------------------------------------------- objectives
@@ -694,7 +717,21 @@ def validate_plugins(cfg: GridConfig, source: str = "<grid>") -> None:
             check_tune(cfg, every)
         except KDBenchError as exc:
             raise ConfigError(f"{source}: {exc}") from None
+            fail(f"objectives[{i}]", exc)
+        _warn_doubled(i, [part["name"] for part in spec])
     _warn_inverted_gap(cfg, presets)
+
+
+def _warn_doubled(index: int, names: list[str]) -> None:
+    """``"place+place"`` adds PLACE's term twice: legal, but rarely meant."""
+    doubled = sorted({n for n in names if names.count(n) > 1})
+    if doubled:
+        warnings.warn(
+            f"objectives[{index}] {'+'.join(names)!r} names {', '.join(map(repr, doubled))} "
+            "more than once: its term is added once per mention (a doubled weight); write it "
+            "once, with weight = 2.0 if that is meant",
+            stacklevel=3,
+        )
 
 
 def _capacity_rank(cap: Capacity, presets: dict[str, Any]) -> float | None:

@@ -39,6 +39,11 @@ class GridRun:
     def count(self, status: str) -> int:
         return sum(1 for r in self.results if r.get("status") == status)
 
+    @property
+    def claimed(self) -> list[dict[str, Any]]:
+        """Cells left to another live run of the grid (``claimed_by`` names it)."""
+        return [r for r in self.results if r.get("claimed_by")]
+
 
 def _jobs(
     context: GridContext, cells: list[dict[str, Any]]
@@ -82,6 +87,8 @@ def run_grid(
     preflight(cfg, ds.channels)
     executor = get_executor(cfg.executor.name, **cfg.executor.options)
     uri = resolve_uri(tracking_uri or cfg.tracking.uri, workdir)
+    cache = Path(cache_dir or cfg.cache.dir or default_cache_dir()).expanduser()
+    check_locations(cache, uri)
     tracker = Tracker(uri, experiment_name(cfg))
     gid = grid_id(cfg)
     cells = expand(cfg)
@@ -101,7 +108,7 @@ def run_grid(
         tracking_uri=uri,
         experiment_id=tracker.experiment_id,
         grid_id=gid,
-        cache_dir=str(Path(cache_dir or cfg.cache.dir or default_cache_dir()).expanduser()),
+        cache_dir=str(cache),
         rerun=rerun,
         progress=progress,
         git_commit=git_commit(),
@@ -118,7 +125,9 @@ def run_grid(
         _close_orphaned_runs(tracker, stage, jobs, results)
         if stage == Kind.TEACHER:
             run.teacher_results = results
-            failed = [r for r in results if r.get("status") != Status.FINISHED]
+            failed = [
+                r for r in results if r.get("status") not in (Status.FINISHED, Status.SKIPPED)
+            ]
             if failed:
                 log.warning("%d teacher job(s) failed; their cells will fail too", len(failed))
         else:
@@ -198,6 +207,45 @@ def preflight(cfg: GridConfig, channels: int) -> None:
                 raise ConfigError(f"objectives[{i}]: {exc}") from None
 
 
+def check_writable(folder: Path, what: str, fix: str) -> None:
+    """Prove that a file can be written in ``folder`` (or, while it does not exist yet, in
+    its nearest existing parent), leaving nothing behind.
+
+    Trying it is the only honest test: permission bits say nothing for root, on read-only
+    mounts, or under ``/proc``.
+    """
+    import errno
+    import tempfile
+
+    from harness.errors import ConfigError
+
+    probe = folder.absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        if not probe.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{probe} is not a folder")
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".kdbench-write-check-"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or errno.errorcode.get(exc.errno or 0, str(exc))
+        if probe != folder.absolute() and probe.is_dir():
+            reason = f"cannot create it in {probe}: {reason}"
+        raise ConfigError(f"{what} {folder} is not writable ({reason}); {fix}") from None
+
+
+def check_locations(cache: Path, uri: str) -> None:
+    """The cache, a SQLite store's folder and its artifact folder must take files."""
+    from harness.tracking import sqlite_path
+
+    check_writable(cache, "cache folder", "choose another with --cache-dir or cache.dir")
+    db = sqlite_path(uri)
+    if db is not None:
+        fix = "choose another with --tracking-uri or tracking.uri"
+        check_writable(db.parent, "tracking store folder", fix)
+        check_writable(db.parent / "mlartifacts", "artifact folder", fix)
+
+
 # Sums of objectives that no paper or official code trains, and why a user may not want one.
 UNOFFICIAL_SUMS = {
     frozenset({"lift", "place"}): (
@@ -245,16 +293,24 @@ def _close_orphaned_runs(
     """A worker killed by a signal, OOM or Ctrl-C can leave its run RUNNING: close it.
 
     Dead workers' runs become ``failed``, interrupted ones ``killed``; their checkpoints
-    stay, so a re-run resumes them.
+    stay, so a re-run resumes them.  A cell that another live run of the grid has claimed
+    (its worker here died before claiming it) is that run's to close, not ours.
     """
+    from harness.claims import ClaimHeld, claim
+
     id_tag = Tag.CELL_ID if stage == Kind.CELL else Tag.TEACHER_ID
     for job, result in zip(jobs, results):
         status = result.get("status")
         if status not in (Status.FAILED, Status.KILLED):
             continue
         key = job.cell_id if isinstance(job, CellJob) else job.teacher_id
-        for r in tracker.find_runs({id_tag: key, Tag.KIND: stage}):
-            if r["status"] == Status.RUNNING:
-                if status == Status.FAILED:
-                    tracker.set_tags(r["run_id"], {Tag.ERROR: result.get("error", "worker died")})
-                tracker.finish(r["run_id"], status)
+        try:
+            with claim(job.context.cache_dir, job.cell_id):
+                for r in tracker.find_runs({id_tag: key, Tag.KIND: stage}):
+                    if r["status"] == Status.RUNNING:
+                        if status == Status.FAILED:
+                            error = result.get("error", "worker died")
+                            tracker.set_tags(r["run_id"], {Tag.ERROR: error})
+                        tracker.finish(r["run_id"], status)
+        except ClaimHeld:
+            continue

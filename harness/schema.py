@@ -16,7 +16,8 @@ class Status(StrEnum):
     """What happened to a run or a job.
 
     A run's status lives in the tag ``kdbench.status``; ``skipped`` is never a run's:
-    an executor reports it for a job never started, ``run_job`` for a cell already done.
+    an executor reports it for a job never started, ``run_job`` for a cell already done
+    or claimed by another live run of the grid (then its result has ``claimed_by``).
     """
 
     FINISHED = "finished"

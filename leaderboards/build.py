@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.errors import KDBenchError, TrackingError
-from harness.schema import Kind
+from harness.schema import Kind, Status
 from harness.tracking import mask_uri, resolve_uri
 from leaderboards import stats
 from leaderboards.load import load_runs, run_metadata
@@ -117,6 +117,7 @@ def report(
     view_note = None
     if not grid_ids and not compare_ids:
         main, view_note = latest_grid(df)
+    _require_results(main, uri, experiments, grid_ids)
     cells = main[main["kind"] == Kind.CELL] if "kind" in main else main
     if baseline is not None:
         check_baseline(main, baseline)
@@ -173,6 +174,19 @@ def report(
 def check_alpha(alpha: float) -> None:
     if not 0 < alpha < 1:
         raise KDBenchError(f"alpha must be between 0 and 1 (exclusive), got {alpha:g}")
+
+
+def _require_results(df: pd.DataFrame, uri: str, experiments, grid_ids) -> None:
+    """A selection whose cells all failed (or never ran) has nothing to rank: say so."""
+    cells = df[df["kind"] == Kind.CELL] if "kind" in df else df.iloc[0:0]
+    if cells["status"].isin([Status.FINISHED, Status.DIVERGED]).any():
+        return
+    scope = ", ".join(list(grid_ids or []) + list(experiments or [])) or mask_uri(uri)
+    counts = ", ".join(f"{n} {s}" for s, n in cells["status"].value_counts().items())
+    raise TrackingError(
+        f"no finished cell in {scope} ({counts or 'no cell runs'}): nothing to rank "
+        "yet; see each run's kdbench.error tag, fix the cause and re-run the grid"
+    )
 
 
 def compare_report(

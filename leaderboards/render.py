@@ -3,12 +3,19 @@
 Best cells are bold in Markdown/HTML and end with ``*`` in text.  CSV carries the numeric
 frames (not the strings), one block per table, each preceded by ``# table: <title>``; the
 metadata goes first as ``# key: value`` lines.  ``read_csv_tables`` parses it back.
+
+Labels, grid names and tag values come from whoever wrote the runs, so every string is
+rendered inertly: on one line in all formats (newlines and other control characters
+folded), ``|``, ``<``, ``>`` and ``&`` escaped in Markdown, everything escaped in HTML, and
+CSV cells that a spreadsheet would run as a formula (``=``, ``+``, ``-``, ``@`` first)
+prefixed with ``'`` (OWASP's advice for CSV injection).
 """
 
 from __future__ import annotations
 
 import html
 import io
+import re
 
 import pandas as pd
 from tabulate import tabulate
@@ -17,6 +24,33 @@ from harness.errors import KDBenchError
 from leaderboards.tables import Table
 
 FORMATS = ("text", "md", "csv", "html")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _inline(value: object) -> str:
+    """``value`` as one line: whitespace runs folded, control characters (ANSI too) dropped."""
+    return _CONTROL.sub("", " ".join(str(value).split()))
+
+
+def _md_inline(value: object) -> str:
+    """One line that neither ends a Markdown table cell nor opens an HTML tag."""
+    return html.escape(_inline(value), quote=False).replace("|", "\\|")
+
+
+def _csv_cell(value: object) -> object:
+    if not isinstance(value, str):
+        return value
+    text = _inline(value)
+    return f"'{text}" if text[:1] in ("=", "+", "-", "@") else text
+
+
+def _inert(frame: pd.DataFrame, clean) -> pd.DataFrame:
+    """``frame`` with ``clean`` applied to its string cells, index and column labels."""
+    out = frame.map(lambda v: clean(v) if isinstance(v, str) else v)
+    out.index = out.index.map(lambda v: clean(v) if isinstance(v, str) else v)
+    out.index.names = [clean(n) if isinstance(n, str) else n for n in frame.index.names]
+    out.columns = [clean(c) if isinstance(c, str) else c for c in frame.columns]
+    return out
 
 
 def _marked(table: Table, mark) -> pd.DataFrame:
@@ -42,37 +76,43 @@ def _grid(shown: pd.DataFrame, fmt: str) -> str:
 
 def _text(tables: list[Table], metadata: dict) -> str:
     width = max((len(k) for k in metadata), default=0)
-    out = [f"{k.rjust(width)}: {v}" for k, v in metadata.items()]
+    out = [f"{k.rjust(width)}: {_inline(v)}" for k, v in metadata.items()]
     for table in tables:
-        out += ["", table.title, "=" * len(table.title)]
+        title = _inline(table.title)
+        out += ["", title, "=" * len(title)]
         if table.display.empty:
             out.append("(no runs)")
         else:
-            out.append(_grid(_marked(table, lambda s: f"{s}*"), "simple"))
-        out += [f"  {note}" for note in table.notes]
+            out.append(_grid(_inert(_marked(table, lambda s: f"{s}*"), _inline), "simple"))
+        out += [f"  {_inline(note)}" for note in table.notes]
     return "\n".join(out) + "\n"
 
 
 def _md(tables: list[Table], metadata: dict) -> str:
     out = ["# kdbench leaderboard", ""]
-    out += [f"- **{k}**: {v}" for k, v in metadata.items()]
+    out += [f"- **{_md_inline(k)}**: {_md_inline(v)}" for k, v in metadata.items()]
     for table in tables:
-        out += ["", f"## {table.title}", ""]
+        out += ["", f"## {_md_inline(table.title)}", ""]
         if table.display.empty:
             out.append("_no runs_")
         else:
-            out.append(_grid(_marked(table, lambda s: f"**{s}**" if s else s), "pipe"))
+            shown = _inert(table.display.astype(object).fillna(""), _md_inline)
+            for row, col in table.best:
+                r, c = _md_inline(row), _md_inline(col)
+                if r in shown.index and c in shown.columns and shown.loc[r, c]:
+                    shown.loc[r, c] = f"**{shown.loc[r, c]}**"
+            out.append(_grid(shown, "pipe"))
         if table.notes:
-            out += [""] + [f"> {note}  " for note in table.notes]
+            out += [""] + [f"> {_md_inline(note)}  " for note in table.notes]
     return "\n".join(out) + "\n"
 
 
 def _csv(tables: list[Table], metadata: dict) -> str:
-    out = [f"# {k}: {v}" for k, v in metadata.items()]
+    out = [f"# {_inline(k)}: {_inline(v)}" for k, v in metadata.items()]
     for table in tables:
-        out += ["", f"# table: {table.title}"]
+        out += ["", f"# table: {_inline(table.title)}"]
         data = table.data.reset_index() if _named_index(table.data) else table.data
-        out.append(data.to_csv(index=False).rstrip("\n"))
+        out.append(_inert(data, _csv_cell).to_csv(index=False).rstrip("\n"))
     return "\n".join(out) + "\n"
 
 
