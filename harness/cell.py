@@ -312,7 +312,7 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
     from harness.errors import DivergedError
     from harness.evaluate import evaluate, save_grid
     from harness.metrics import describe_extractor
-    from harness.modelio import save_model
+    from harness.modelio import save_pretrained
     from harness.objective import build_combination
     from harness.trainer import BatchMaker, LoopSettings, train
 
@@ -399,10 +399,9 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
             tracker.log_artifact(run_id, str(save_grid(images, Path(tmp) / "samples.png")))
             tracker.log_json(run_id, job["config"], "config.json")
-            if cfg.eval.save_student:
-                path = Path(tmp) / "student.safetensors"
-                save_model(trained.ema.cpu(), path)
-                tracker.log_artifact(run_id, str(path))
+            if cfg.eval.save_student:  # a diffusers model folder (see harness.modelio)
+                folder = save_pretrained(trained.ema.cpu(), Path(tmp) / "student", ctx.process)
+                tracker.log_artifacts(run_id, folder, "student")
         tracker.finish(run_id, "finished")
         checkpoint_path(job).unlink(missing_ok=True)
         result.update(status="finished", metrics=metrics)

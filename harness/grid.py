@@ -144,7 +144,7 @@ def preflight(cfg: GridConfig, channels: int) -> None:
     from harness.capacity import check_fits, load_model_file
     from harness.config import objective_spec
     from harness.errors import ConfigError, KDBenchError
-    from harness.factories import get_backbone
+    from harness.modelio import load_pretrained
     from harness.objective import Outputs, build_combination
 
     sources = [
@@ -163,7 +163,7 @@ def preflight(cfg: GridConfig, channels: int) -> None:
                 load_model_file(cfg, channels, source)
             elif folder.is_dir():
                 with _quiet_diffusers():  # its fallback notes would break the one-line error
-                    model = get_backbone(cfg.model.backbone).from_pretrained(str(folder))
+                    model = load_pretrained(folder, backbone=cfg.model.backbone)
                 check_fits(cfg, channels, model, source)
             elif local:  # not a hub id either
                 raise ConfigError(f"pretrained model folder not found: {source}")

@@ -414,6 +414,13 @@ class Tracker:
         with self._errors(f"log artifact {path} of run {run_id}"):
             self._client.log_artifact(run_id, str(path), artifact_path)
 
+    def log_artifacts(
+        self, run_id: str, folder: str | os.PathLike, artifact_path: str | None = None
+    ) -> None:
+        """Every file under ``folder``, kept in its layout under ``artifact_path``."""
+        with self._errors(f"log artifacts {folder} of run {run_id}"):
+            self._client.log_artifacts(run_id, str(folder), artifact_path)
+
     def log_json(self, run_id: str, obj: Any, name: str) -> None:
         """``obj`` as a JSON artifact ``name`` (e.g. ``config.json``)."""
         with self._errors(f"log {name} of run {run_id}"):
