@@ -6,6 +6,8 @@ git_commit, version, fid_features); every param (known numeric ones typed: nulla
 for counts and sizes, float for ``lr``; the rest strings); every metric's last value as
 float.  ``status`` falls back to MLflow's own status (lower case) when the tag is missing.
 A param whose name collides with a metric or tag column is stored as ``param:<name>``.
+A grid's own run (``kdbench.kind=grid``, the parent that holds the rendered leaderboard) is
+left out: tables are rebuilt from the cell and teacher runs alone.
 """
 
 from __future__ import annotations
@@ -161,6 +163,8 @@ def load_runs(
         seen = set()
         for filter_string in filters:
             for run in _search(client, list(names), filter_string):
+                if run.data.tags.get("kdbench.kind") == "grid":
+                    continue
                 if run.info.run_id not in seen:
                     seen.add(run.info.run_id)
                     rows.append(_row(run, names))
