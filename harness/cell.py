@@ -80,7 +80,7 @@ def _setup_worker(job: dict[str, Any]) -> tuple[GridConfig, Any, torch.device]:
 def _common_tags(
     job: dict[str, Any], kind: str, cfg: GridConfig, fid_features: str
 ) -> dict[str, str]:
-    return {
+    tags = {
         "kdbench.kind": kind,
         "kdbench.grid_id": job["grid_id"],
         "kdbench.grid_name": cfg.grid.name,
@@ -91,6 +91,9 @@ def _common_tags(
         "kdbench.torch": torch.__version__,
         "kdbench.host": platform.node(),
     }
+    if job.get("parent_run_id"):  # the grid's run (harness.gridrun): MLflow nests under it
+        tags["mlflow.parentRunId"] = job["parent_run_id"]
+    return tags
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -210,6 +213,8 @@ def _open_run(
     job: dict[str, Any], tracker: Any, cfg: GridConfig, fid_features: str
 ) -> tuple[str | None, bool]:
     """(run_id, resumed); run_id None means the cell is already done."""
+    from harness.gridrun import describe_cell
+
     ckpt = checkpoint_path(job)
     runs = tracker.find_runs({"kdbench.cell_id": job["cell_id"], "kdbench.kind": "cell"})
     if not job.get("rerun"):
@@ -247,6 +252,7 @@ def _open_run(
         "kdbench.cell_id": job["cell_id"],
         "kdbench.teacher_id": job["teacher_id"],
         "kdbench.label": job["label"],
+        "mlflow.note.content": describe_cell(job),
     }
     run_id = tracker.start_run(job["label"], tags=tags, params=params)
     return run_id, False

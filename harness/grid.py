@@ -5,7 +5,8 @@ worker starts (SQLite migrations race otherwise); (2) one job per distinct teach
 builds it once (cached) and records its sample quality; (3) the cells not yet finished
 in MLflow run through the configured executor, a fresh process each.  A cell whose worker
 died is marked failed in MLflow so that nothing stays RUNNING; re-running the grid
-resumes it from its checkpoint.
+resumes it from its checkpoint.  All of it happens under the grid's own MLflow run
+(``harness.gridrun``), which gets the leaderboard when the grid ends (``leaderboards.publish``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ class GridRun:
     skipped: list[str] = field(default_factory=list)
     teacher_results: list[dict[str, Any]] = field(default_factory=list)
     results: list[dict[str, Any]] = field(default_factory=list)
+    grid_run_id: str | None = None
+    leaderboard: dict[str, str] = field(default_factory=dict)  # format -> document
+    plot_dir: Path | None = None
 
     def count(self, status: str) -> int:
         return sum(1 for r in self.results if r.get("status") == status)
@@ -66,8 +70,9 @@ def run_grid(
     progress: bool = True,
     workdir: str | Path = ".",
 ) -> GridRun:
+    from harness import gridrun
     from harness.capacity import default_cache_dir
-    from harness.cell import git_commit, run_job
+    from harness.cell import git_commit
     from harness.factories import get_dataset, get_executor
     from harness.metrics import check_metric_available
     from harness.tracking import Tracker, mask_uri, resolve_uri
@@ -87,6 +92,7 @@ def run_grid(
     gid = grid_id(cfg)
     cells = expand(cfg)
     run = GridRun(gid, experiment_name(cfg), uri, cells)
+    run.grid_run_id = gridrun.open_grid_run(tracker, cfg, gid, cells)
     if not rerun:
         done = set()
         for r in tracker.find_runs({"kdbench.kind": "cell"}):
@@ -106,8 +112,30 @@ def run_grid(
         "cache_dir": str(Path(cache_dir or cfg.cache.dir or default_cache_dir()).expanduser()),
         "progress": progress,
         "git_commit": git_commit(),
+        "parent_run_id": run.grid_run_id,  # explicit: workers never read MLflow's env state
     }
     teacher_jobs, cell_jobs = _jobs(cfg, context, cells)
+    with gridrun.closing(tracker, run.grid_run_id):
+        _run_stages(tracker, executor, run, teacher_jobs, cell_jobs)
+        run.plot_dir = Path(workdir).resolve() / "kdbench-out" / "plots" / cfg.grid.name
+        run.leaderboard = gridrun.publish(
+            tracker, run.grid_run_id, cfg, gid, run.cells, config, run.plot_dir
+        )
+        gridrun.close_grid_run(
+            tracker, run.grid_run_id, run.results + run.teacher_results, "finished"
+        )
+    return run
+
+
+def _run_stages(
+    tracker: Any,
+    executor: Any,
+    run: GridRun,
+    teacher_jobs: list[dict[str, Any]],
+    cell_jobs: list[dict[str, Any]],
+) -> None:
+    from harness.cell import run_job
+
     for stage, jobs in (("teacher", teacher_jobs), ("cell", cell_jobs)):
         if not jobs:
             continue
@@ -124,7 +152,6 @@ def run_grid(
                 log.warning("%d teacher job(s) failed; their cells will fail too", len(failed))
         else:
             run.results = results
-    return run
 
 
 def preflight(cfg: GridConfig, channels: int) -> None:
