@@ -29,6 +29,9 @@ PARENT_TAG = "mlflow.parentRunId"
 NOTE_TAG = "mlflow.note.content"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"  # MLflow 3's "machine learning" experiments
+# The MLflow 3 UI opens every experiment in the mode of its GenAI / Model training switch
+# (GenAI unless changed); this query parameter of its addresses selects model training.
+UI_MODE = "workflowType=machine_learning"
 
 
 def run_name(cfg: Any) -> str:
@@ -157,8 +160,10 @@ def publish(
 def ui_addresses(client: Any, base_url: str) -> list[str]:
     """Where the MLflow UI at ``base_url`` shows each grid: its runs table and its grid run.
 
-    Newest grid first.  Experiments holding kdbench runs are marked as model training on
-    the way (stores written before kdbench set the kind).
+    Newest grid first.  The addresses select the UI's model-training mode (``UI_MODE``):
+    without it MLflow 3.x opens on the GenAI overview, whatever the experiment's kind.
+    Experiments holding grid runs are marked as model training on the way (stores
+    written before kdbench set the kind).
     """
     from mlflow.entities import ViewType
 
@@ -190,7 +195,7 @@ def ui_addresses(client: Any, base_url: str) -> list[str]:
             f"{run.info.run_name} ({tags.get('kdbench.grid_id')}, "
             f"{tags.get('kdbench.status', run.info.status.lower())}) in experiment "
             f"{experiments[eid].name}:",
-            f"  runs table: {base}/#/experiments/{eid}/runs",
-            f"  grid run:   {base}/#/experiments/{eid}/runs/{run.info.run_id}",
+            f"  runs table: {base}/#/experiments/{eid}/runs?{UI_MODE}",
+            f"  grid run:   {base}/#/experiments/{eid}/runs/{run.info.run_id}?{UI_MODE}",
         ]
     return lines

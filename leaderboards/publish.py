@@ -78,6 +78,7 @@ def publish_grid(
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(plot_dir) if plot_dir is not None else Path(tmp) / "plots"
         tables, metadata, plots = collect(tracker.uri, [experiment], [grid_id], folder, metric)
+        metadata["plots"] = ", ".join(f"plots/{p.name}" for p in plots) or "none"  # as logged
         docs = {fmt: render(tables, fmt, metadata, plots=plots) for fmt in ("text", *FORMATS)}
         for fmt, name in FORMATS.items():
             path = Path(tmp) / name

@@ -173,9 +173,10 @@ def test_ui_prints_the_runs_table_and_grid_run_addresses(grid, monkeypatch):
     eid = grid["exp"].experiment_id
     client.delete_experiment_tag(eid, "mlflow.experimentKind")  # a store from before the tag
     lines = ui_addresses(client, "http://127.0.0.1:5000/")
-    assert f"  runs table: http://127.0.0.1:5000/#/experiments/{eid}/runs" in lines
+    mode = "?workflowType=machine_learning"  # the UI's model-training mode, not GenAI
+    assert f"  runs table: http://127.0.0.1:5000/#/experiments/{eid}/runs{mode}" in lines
     assert (
-        f"  grid run:   http://127.0.0.1:5000/#/experiments/{eid}/runs/{result.grid_run_id}"
+        f"  grid run:   http://127.0.0.1:5000/#/experiments/{eid}/runs/{result.grid_run_id}{mode}"
         in lines
     )
     assert client.get_experiment(eid).tags["mlflow.experimentKind"] == MODEL_TRAINING
