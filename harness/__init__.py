@@ -9,14 +9,7 @@ hookimpl = pluggy.HookimplMarker("kdbench")
 
 def __getattr__(name):
     # Lazy exports keep `import harness` (and `kdbench --help`) free of torch's import time.
-    if name in {
-        "Outputs",
-        "Objective",
-        "get_objective",
-        "Combination",
-        "build_combination",
-        "check_pair",
-    }:
+    if name in {"Outputs", "Objective", "Combination", "check_pair"}:
         from harness import objective
 
         return getattr(objective, name)
@@ -32,7 +25,13 @@ def __getattr__(name):
         from harness.executor import Executor
 
         return Executor
-    if name in {"get_backbone", "get_dataset", "get_executor"}:
+    if name in {
+        "get_objective",
+        "build_combination",
+        "get_backbone",
+        "get_dataset",
+        "get_executor",
+    }:
         from harness import factories
 
         return getattr(factories, name)

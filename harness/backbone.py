@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import torch
 from torch import Tensor, nn
 
 
@@ -89,12 +88,3 @@ def pair_taps(student_taps: list[str], teacher_taps: list[str]) -> dict[str, str
         inverse = pair_taps(teacher_taps, student_taps)
         return {sv: tk for tk, sv in inverse.items()}
     return {student_taps[i]: teacher_taps[(i + 1) * t // s - 1] for i in range(s)}
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-@torch.no_grad()
-def copy_weights(src: nn.Module, dst: nn.Module) -> None:
-    dst.load_state_dict(src.state_dict())

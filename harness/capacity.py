@@ -342,48 +342,38 @@ def assistant(
     base_spec: list[dict[str, Any]],
     teacher: nn.Module,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """TAKD's teaching assistant, KD-trained from the teacher with the base objective.
+    """A teaching assistant (TAKD), KD-trained from the teacher with the cell's objective.
 
-    Its capacity sits halfway in log-parameters between teacher and student (Mirzadeh et
-    al., AAAI 2020): an intermediate pruning ratio for pruning ladders, the closest preset
-    for preset ladders.  Returns the model and its build info (``build_seconds``: the
+    The objective that ``needs_assistant`` chooses its capacity
+    (``Objective.assistant_capacity``; TAKD: halfway in log-parameters between teacher and
+    student, Mirzadeh et al., AAAI 2020).  Returns the model and its build info (``build_seconds``: the
     assistant's training time, which the TAKD cell's cost includes).
     """
-    from harness.objective import build_combination
+    from harness.factories import build_combination
+    from harness.models import preset_table
     from harness.trainer import BatchMaker, LiveTeacher, LoopSettings, train
-    from plugins.objectives.takd import assistant_prune_ratio, choose_assistant
 
     cfg = ctx.cfg
-    chosen = next(
-        (
-            part.get("assistant")
-            for part in base_spec
-            if part["name"] == "takd" and part.get("assistant") is not None
-        ),
-        None,
-    )
-    if isinstance(chosen, str):
-        ta_cap = Capacity(preset=chosen)
-    elif isinstance(chosen, (int, float)):
-        ta_cap = Capacity(prune=float(chosen))
-    elif teacher_cap.prune is not None and student_cap.prune is not None:
-        ta_cap = Capacity(
-            prune=round(assistant_prune_ratio(teacher_cap.prune, student_cap.prune), 4)
-        )
-    else:
-        from harness.models import preset_table
+    chooser = next((p for p in build_combination(base_spec).parts if p.needs_assistant), None)
+    if chooser is None:
+        raise ConfigError("an assistant was asked for, but no objective of the cell needs one")
 
-        sizes = {
-            row["name"]: row["params"]
-            for row in preset_table(
-                cfg.model.backbone,
-                cfg.dataset.image_size,
-                channels=ctx.channels,
-                num_classes=ctx.num_classes,
-            )
-        }
-        student_params = ctx.student_init(student_cap, cfg.pretrain.seed).num_parameters()
-        ta_cap = Capacity(preset=choose_assistant(sizes, teacher.num_parameters(), student_params))
+    def preset_sizes() -> dict[str, int]:
+        rows = preset_table(
+            cfg.model.backbone,
+            cfg.dataset.image_size,
+            channels=ctx.channels,
+            num_classes=ctx.num_classes,
+        )
+        return {row["name"]: row["params"] for row in rows}
+
+    ta_cap = chooser.assistant_capacity(
+        teacher_cap,
+        student_cap,
+        preset_sizes=preset_sizes,
+        teacher_params=teacher.num_parameters(),
+        student_params=lambda: ctx.student_init(student_cap, cfg.pretrain.seed).num_parameters(),
+    )
     steps = cfg.train.assistant_steps or cfg.train.steps
     key = _assistant_key(cfg, teacher_cap, ta_cap, base_spec, steps)
 

@@ -1,8 +1,9 @@
 """One job of a grid, run inside an executor's worker process.
 
-``run_job(job)`` is the picklable entry point.  ``job["kind"]`` is ``"teacher"`` (build a
-teacher once and record its sample quality) or ``"cell"`` (one teacher x student x
-objective x seed: KD training, evaluation, and one MLflow run).
+``run_job(job)`` is the picklable entry point.  ``job`` is a ``harness.jobs.TeacherJob``
+(build a teacher once and record its sample quality) or a ``CellJob`` (one teacher x
+student x objective x seed: KD training, evaluation, and one MLflow run), or either one's
+``to_json()`` text.
 
 A cell is resumable: it checkpoints every ``train.checkpoint_every`` steps under the
 cache folder; a re-run finds the cell's unfinished MLflow run by cell id and continues
@@ -28,10 +29,10 @@ import torch
 
 from harness import __version__
 from harness.config import Capacity, GridConfig
+from harness.jobs import CellJob, Job, TeacherJob, job_from_json
+from harness.schema import DONE, TRAIN_PREFIX, UNFINISHED, Kind, Metric, MlflowTag, Status, Tag
 
 log = logging.getLogger("kdbench")
-
-DONE = ("finished", "diverged")
 
 
 def pick_device() -> torch.device:
@@ -66,38 +67,39 @@ def plugin_versions() -> dict[str, str]:
     return out
 
 
-def _setup_worker(job: dict[str, Any]) -> tuple[GridConfig, Any, torch.device]:
+def _setup_worker(job: Job) -> tuple[GridConfig, Any, torch.device]:
     from harness.tracking import Tracker
 
-    cfg = GridConfig.model_validate(job["config"])
+    cfg = GridConfig.model_validate(job.context.config)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.use_deterministic_algorithms(False)
-    tracker = Tracker.attach(job["tracking_uri"], job["experiment_id"])
+    tracker = Tracker.attach(job.context.tracking_uri, job.context.experiment_id)
     return cfg, tracker, pick_device()
 
 
-def _common_tags(
-    job: dict[str, Any], kind: str, cfg: GridConfig, fid_features: str
-) -> dict[str, str]:
+def _common_tags(job: Job, kind: str, cfg: GridConfig, fid_features: str) -> dict[str, str]:
     tags = {
-        "kdbench.kind": kind,
-        "kdbench.grid_id": job["grid_id"],
-        "kdbench.grid_name": cfg.grid.name,
-        "kdbench.git_commit": job.get("git_commit") or git_commit(),
-        "kdbench.version": __version__,
-        "kdbench.plugins": json.dumps(plugin_versions(), sort_keys=True),
-        "kdbench.fid_features": fid_features,
-        "kdbench.torch": torch.__version__,
-        "kdbench.host": platform.node(),
+        Tag.KIND: kind,
+        Tag.GRID_ID: job.context.grid_id,
+        Tag.GRID_NAME: cfg.grid.name,
+        Tag.GIT_COMMIT: job.context.git_commit or git_commit(),
+        Tag.VERSION: __version__,
+        Tag.PLUGINS: json.dumps(plugin_versions(), sort_keys=True),
+        Tag.FID_FEATURES: fid_features,
+        Tag.TORCH: torch.__version__,
+        Tag.HOST: platform.node(),
     }
-    if job.get("parent_run_id"):  # the grid's run (harness.gridrun): MLflow nests under it
-        tags["mlflow.parentRunId"] = job["parent_run_id"]
+    if job.context.parent_run_id:  # the grid's run (harness.gridrun): MLflow nests under it
+        tags[MlflowTag.PARENT_RUN_ID] = job.context.parent_run_id
     return tags
 
 
-def run_job(job: dict[str, Any]) -> dict[str, Any]:
-    if job["kind"] == "teacher":
+def run_job(job: Job | str) -> dict[str, Any]:
+    """Run one job of a grid (a record of ``harness.jobs`` or its JSON); its result dict."""
+    if isinstance(job, str):
+        job = job_from_json(job)
+    if isinstance(job, TeacherJob):
         return run_teacher(job)
     return run_cell(job)
 
@@ -105,29 +107,27 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------- teachers
 
 
-def run_teacher(job: dict[str, Any]) -> dict[str, Any]:
+def run_teacher(job: TeacherJob) -> dict[str, Any]:
     """Build (or load from cache) one teacher and record its sample quality once."""
     from harness.capacity import Context
     from harness.evaluate import evaluate, save_grid
     from harness.metrics import describe_extractor
 
     cfg, tracker, device = _setup_worker(job)
-    cap = Capacity.model_validate(job["teacher"])
+    cap = Capacity.model_validate(job.teacher)
     existing = [
         r
-        for r in tracker.find_runs(
-            {"kdbench.teacher_id": job["teacher_id"], "kdbench.kind": "teacher"}
-        )
-        if r["status"] == "finished"
+        for r in tracker.find_runs({Tag.TEACHER_ID: job.teacher_id, Tag.KIND: Kind.TEACHER})
+        if r["status"] == Status.FINISHED
     ]
-    ctx = Context.create(cfg, device, job["cache_dir"], progress=job.get("progress", True))
+    ctx = Context.create(cfg, device, job.context.cache_dir, progress=job.context.progress)
     start = time.perf_counter()
     teacher = ctx.teacher(cap)
     built = time.perf_counter() - start
     if existing:
         return {
-            "status": "finished",
-            "teacher_id": job["teacher_id"],
+            "status": Status.FINISHED,
+            "teacher_id": job.teacher_id,
             "run_id": existing[0]["run_id"],
             "reused": True,
         }
@@ -135,8 +135,8 @@ def run_teacher(job: dict[str, Any]) -> dict[str, Any]:
     run_id = tracker.start_run(
         f"teacher {cap.name}",
         tags={
-            **_common_tags(job, "teacher", cfg, describe_extractor(ds.feature_extractor)),
-            "kdbench.teacher_id": job["teacher_id"],
+            **_common_tags(job, Kind.TEACHER, cfg, describe_extractor(ds.feature_extractor)),
+            Tag.TEACHER_ID: job.teacher_id,
         },
         params={
             "teacher": cap.name,
@@ -161,21 +161,21 @@ def run_teacher(job: dict[str, Any]) -> dict[str, Any]:
             progress=False,
             cache_dir=str(ctx.cache_dir / "metrics"),
         )
-        metrics["time_build_s"] = built
+        metrics[Metric.TIME_BUILD_S] = built
         tracker.log_metrics(run_id, metrics)
         with tempfile.TemporaryDirectory() as tmp:
             tracker.log_artifact(run_id, str(save_grid(images, Path(tmp) / "samples.png")))
-        tracker.finish(run_id, "finished")
+        tracker.finish(run_id, Status.FINISHED)
     except KeyboardInterrupt:
-        tracker.finish(run_id, "killed")
+        tracker.finish(run_id, Status.KILLED)
         raise
     except Exception as exc:
-        tracker.set_tags(run_id, {"kdbench.error": _one_line(exc)})
-        tracker.finish(run_id, "failed")
-        return {"status": "failed", "teacher_id": job["teacher_id"], "error": _one_line(exc)}
+        tracker.set_tags(run_id, {Tag.ERROR: _one_line(exc)})
+        tracker.finish(run_id, Status.FAILED)
+        return {"status": Status.FAILED, "teacher_id": job.teacher_id, "error": _one_line(exc)}
     return {
-        "status": "finished",
-        "teacher_id": job["teacher_id"],
+        "status": Status.FINISHED,
+        "teacher_id": job.teacher_id,
         "run_id": run_id,
         "metrics": metrics,
     }
@@ -205,40 +205,40 @@ def _one_line(exc: BaseException) -> str:
     return text[0][:500] if text else type(exc).__name__
 
 
-def checkpoint_path(job: dict[str, Any]) -> Path:
-    return Path(job["cache_dir"]) / "checkpoints" / f"{job['cell_id']}.safetensors"
+def checkpoint_path(job: CellJob) -> Path:
+    return Path(job.context.cache_dir) / "checkpoints" / f"{job.cell_id}.safetensors"
 
 
 def _open_run(
-    job: dict[str, Any], tracker: Any, cfg: GridConfig, fid_features: str
+    job: CellJob, tracker: Any, cfg: GridConfig, fid_features: str
 ) -> tuple[str | None, bool]:
     """(run_id, resumed); run_id None means the cell is already done."""
     from harness.gridrun import describe_cell
 
     ckpt = checkpoint_path(job)
-    runs = tracker.find_runs({"kdbench.cell_id": job["cell_id"], "kdbench.kind": "cell"})
-    if not job.get("rerun"):
+    runs = tracker.find_runs({Tag.CELL_ID: job.cell_id, Tag.KIND: Kind.CELL})
+    if not job.context.rerun:
         if any(r["status"] in DONE for r in runs):
             return None, False
-        unfinished = [r for r in runs if r["status"] in ("running", "failed", "killed")]
+        unfinished = [r for r in runs if r["status"] in UNFINISHED]
         if unfinished and ckpt.exists():
             run_id = unfinished[0]["run_id"]
             tracker.resume_run(run_id)
             return run_id, True
     ckpt.unlink(missing_ok=True)
-    spec = job["objective"]
+    spec = job.objective
     params = {
-        "objective": job["objective_label"],
+        "objective": job.objective_label,
         "objective_spec": spec,
-        "teacher": job["teacher_name"],
-        "student": job["student_name"],
-        "teacher_spec": job["teacher"],
-        "student_spec": job["student"],
+        "teacher": job.teacher_name,
+        "student": job.student_name,
+        "teacher_spec": job.teacher,
+        "student_spec": job.student,
         "backbone": cfg.model.backbone,
         "process": cfg.model.process or "default",
         "dataset": cfg.dataset.name,
         "image_size": cfg.dataset.image_size,
-        "seed": job["seed"],
+        "seed": job.seed,
         "steps": cfg.train.steps,
         "batch_size": cfg.train.batch_size,
         "lr": cfg.train.lr,
@@ -248,19 +248,19 @@ def _open_run(
         "num_samples": cfg.eval.num_samples,
     }
     tags = {
-        **_common_tags(job, "cell", cfg, fid_features),
-        "kdbench.cell_id": job["cell_id"],
-        "kdbench.teacher_id": job["teacher_id"],
-        "kdbench.label": job["label"],
-        "mlflow.note.content": describe_cell(job),
+        **_common_tags(job, Kind.CELL, cfg, fid_features),
+        Tag.CELL_ID: job.cell_id,
+        Tag.TEACHER_ID: job.teacher_id,
+        Tag.LABEL: job.label,
+        MlflowTag.NOTE: describe_cell(job),
     }
-    run_id = tracker.start_run(job["label"], tags=tags, params=params)
+    run_id = tracker.start_run(job.label, tags=tags, params=params)
     return run_id, False
 
 
 def _teacher_source(
     ctx: Any,
-    job: dict[str, Any],
+    job: CellJob,
     source_model: torch.nn.Module,
     source_key: str,
     objective: Any,
@@ -280,7 +280,7 @@ def _teacher_source(
     key = json.dumps(
         {
             "source": source_key,
-            "seed": job["seed"],
+            "seed": job.seed,
             "train": {k: getattr(cfg.train, k) for k in ("steps", "batch_size", "precision")},
             "process": cfg.model.process,
             "device": ctx.device.type,
@@ -312,39 +312,37 @@ def _step_logger(tracker: Any, run_id: str, settings: Any):
     return log
 
 
-def run_cell(job: dict[str, Any]) -> dict[str, Any]:
+def run_cell(job: CellJob) -> dict[str, Any]:
     from harness import capacity
     from harness.capacity import Context
     from harness.errors import DivergedError
     from harness.evaluate import evaluate, save_grid
+    from harness.factories import build_combination
     from harness.metrics import describe_extractor
     from harness.modelio import save_pretrained
-    from harness.objective import build_combination
     from harness.trainer import BatchMaker, LoopSettings, train
 
     cfg, tracker, device = _setup_worker(job)
     ds = _dataset(cfg)
     run_id, resumed = _open_run(job, tracker, cfg, describe_extractor(ds.feature_extractor))
     if run_id is None:
-        return {"cell_id": job["cell_id"], "status": "skipped"}
-    result: dict[str, Any] = {"cell_id": job["cell_id"], "run_id": run_id, "resumed": resumed}
+        return {"cell_id": job.cell_id, "status": Status.SKIPPED}
+    result: dict[str, Any] = {"cell_id": job.cell_id, "run_id": run_id, "resumed": resumed}
     try:
-        ctx = Context.create(cfg, device, job["cache_dir"], progress=job.get("progress", True))
+        ctx = Context.create(cfg, device, job.context.cache_dir, progress=job.context.progress)
         t0 = time.perf_counter()
-        teacher_cap = Capacity.model_validate(job["teacher"])
-        student_cap = Capacity.model_validate(job["student"])
+        teacher_cap = Capacity.model_validate(job.teacher)
+        student_cap = Capacity.model_validate(job.student)
         teacher = ctx.teacher(teacher_cap)
         time_teacher = time.perf_counter() - t0
-        objective = build_combination(job["objective"])
-        student = ctx.student_init(student_cap, job["seed"])
-        metrics: dict[str, float] = {"time_teacher_s": time_teacher}
-        source, source_key = teacher, job["teacher_id"]
+        objective = build_combination(job.objective)
+        student = ctx.student_init(student_cap, job.seed)
+        metrics: dict[str, float] = {Metric.TIME_TEACHER_S: time_teacher}
+        source, source_key = teacher, job.teacher_id
         if objective.needs_assistant:
-            source, info = capacity.assistant(
-                ctx, teacher_cap, student_cap, job["objective"], teacher
-            )
-            source_key = f"assistant:{job['teacher_id']}:{info.get('capacity')}"
-            metrics["time_assistant_s"] = float(info.get("build_seconds", 0.0))
+            source, info = capacity.assistant(ctx, teacher_cap, student_cap, job.objective, teacher)
+            source_key = f"assistant:{job.teacher_id}:{info.get('capacity')}"
+            metrics[Metric.TIME_ASSISTANT_S] = float(info.get("build_seconds", 0.0))
             tracker.log_params(
                 run_id,
                 {"assistant": info.get("capacity"), "assistant_params": source.num_parameters()},
@@ -359,7 +357,7 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
             )
         settings = LoopSettings.from_section(cfg.train)
         batches = BatchMaker(
-            ctx.images, ctx.labels, ctx.process, cfg.train.batch_size, job["seed"], device
+            ctx.images, ctx.labels, ctx.process, cfg.train.batch_size, job.seed, device
         )
         pairs = ctx.backbone.pair_taps(student, source) if objective.needs_features else None
         if objective.needs_teacher:
@@ -368,7 +366,7 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
             )
         else:  # the no-KD baseline trains on the denoising loss alone
             teacher_source, mode = None, "none"
-        tracker.set_tags(run_id, {"kdbench.teacher_mode": mode})
+        tracker.set_tags(run_id, {Tag.TEACHER_MODE: mode})
         trained = train(
             student,
             batches=batches,
@@ -379,14 +377,16 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
             checkpoint=checkpoint_path(job),
             log=_step_logger(tracker, run_id, settings),
             device=device,
-            progress=job["label"] if job.get("progress", True) else None,
+            progress=job.label if job.context.progress else None,
         )
         tracker.flush()
         metrics.update(
-            iter_per_s=trained.iter_per_s,
-            peak_mem_mb=trained.peak_mem_mb,
-            time_train_s=trained.time_train_s,
-            teacher_share=trained.teacher_share,
+            {
+                Metric.ITER_PER_S: trained.iter_per_s,
+                Metric.PEAK_MEM_MB: trained.peak_mem_mb,
+                Metric.TIME_TRAIN_S: trained.time_train_s,
+                Metric.TEACHER_SHARE: trained.teacher_share,
+            }
         )
         scores, images = evaluate(
             trained.ema,
@@ -394,7 +394,7 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
             ctx.images,
             eval_cfg=cfg.eval,
             num_classes=ctx.num_classes,
-            seed=job["seed"],
+            seed=job.seed,
             device=device,
             feature_extractor=ds.feature_extractor,
             classifier=_classifier(ds),
@@ -404,28 +404,29 @@ def run_cell(job: dict[str, Any]) -> dict[str, Any]:
         tracker.log_metrics(run_id, metrics)
         with tempfile.TemporaryDirectory() as tmp:
             tracker.log_artifact(run_id, str(save_grid(images, Path(tmp) / "samples.png")))
-            tracker.log_json(run_id, job["config"], "config.json")
+            tracker.log_json(run_id, job.context.config, "config.json")
             if cfg.eval.save_student:  # a diffusers model folder (see harness.modelio)
                 folder = save_pretrained(trained.ema.cpu(), Path(tmp) / "student", ctx.process)
                 tracker.log_artifacts(run_id, folder, "student")
-        tracker.finish(run_id, "finished")
+        tracker.finish(run_id, Status.FINISHED)
         checkpoint_path(job).unlink(missing_ok=True)
-        result.update(status="finished", metrics=metrics)
+        result.update(status=Status.FINISHED, metrics=metrics)
     except DivergedError as exc:
         # The last terms (the step that diverged) join the history; NaN/inf log as NaN.
-        tracker.log_metrics(run_id, {f"train/{k}": v for k, v in exc.terms.items()}, step=exc.step)
-        tracker.log_metrics(run_id, {"diverged_step": exc.step})
-        tracker.set_tags(run_id, {"kdbench.diverged_reason": exc.reason[:250]})
-        tracker.finish(run_id, "diverged")
+        terms = {f"{TRAIN_PREFIX}{k}": v for k, v in exc.terms.items()}
+        tracker.log_metrics(run_id, terms, step=exc.step)
+        tracker.log_metrics(run_id, {Metric.DIVERGED_STEP: exc.step})
+        tracker.set_tags(run_id, {Tag.DIVERGED_REASON: exc.reason[:250]})
+        tracker.finish(run_id, Status.DIVERGED)
         checkpoint_path(job).unlink(missing_ok=True)
-        result.update(status="diverged", step=exc.step, reason=exc.reason)
+        result.update(status=Status.DIVERGED, step=exc.step, reason=exc.reason)
     except KeyboardInterrupt:
         tracker.flush()
-        tracker.finish(run_id, "killed")
+        tracker.finish(run_id, Status.KILLED)
         raise
     except Exception as exc:
-        log.debug("cell %s failed:\n%s", job["cell_id"], traceback.format_exc())
-        tracker.set_tags(run_id, {"kdbench.error": _one_line(exc)})
-        tracker.finish(run_id, "failed")
-        result.update(status="failed", error=_one_line(exc))
+        log.debug("cell %s failed:\n%s", job.cell_id, traceback.format_exc())
+        tracker.set_tags(run_id, {Tag.ERROR: _one_line(exc)})
+        tracker.finish(run_id, Status.FAILED)
+        result.update(status=Status.FAILED, error=_one_line(exc))
     return result

@@ -119,18 +119,19 @@ def run(
             click.echo(f"  {cell['cell_id']}  {cell['label']}")
         return
     from harness.grid import run_grid
+    from harness.schema import Status
     from harness.tracking import mask_uri
 
     result = run_grid(
         cfg, tracking_uri=tracking_uri, rerun=rerun, cache_dir=cache_dir, progress=not quiet
     )
     click.echo(
-        f"grid {cfg.grid.name} ({result.grid_id}): {result.count('finished')} finished, "
-        f"{result.count('diverged')} diverged, {result.count('failed')} failed, "
+        f"grid {cfg.grid.name} ({result.grid_id}): {result.count(Status.FINISHED)} finished, "
+        f"{result.count(Status.DIVERGED)} diverged, {result.count(Status.FAILED)} failed, "
         f"{len(result.skipped)} already done"
     )
     for r in result.results + result.teacher_results:
-        if r.get("status") == "failed":
+        if r.get("status") == Status.FAILED:
             click.echo(f"  failed: {r.get('cell_id')}: {r.get('error', '')}", err=True)
     if not no_leaderboard:
         if result.leaderboard:  # rendered once, when it was logged to the grid run
@@ -154,7 +155,7 @@ def run(
         f"MLflow store: {mask_uri(result.tracking_uri)} (experiment {experiment_name(cfg)}, "
         f"grid run {result.grid_run_id} with the leaderboard; `kdbench ui` to browse)"
     )
-    if result.count("failed"):
+    if result.count(Status.FAILED):
         sys.exit(1)
 
 
@@ -373,12 +374,21 @@ def teachers(
     help="Where to write the weights (default: the shipped file).",
 )
 @click.option("--seed", default=0, show_default=True)
-def train_classifier_cmd(out: Path | None, seed: int) -> None:
-    """Retrain the digit classifier that the embedded default's metrics use."""
-    from harness.classifier import default_weights_path, train_classifier
+@click.option(
+    "--dataset",
+    default="digits",
+    show_default=True,
+    help="The data set whose own feature classifier to retrain.",
+)
+def train_classifier_cmd(out: Path | None, seed: int, dataset: str) -> None:
+    """Retrain the classifier a data set ships for its metrics (digits: the embedded default)."""
+    from harness.registry import lookup
 
-    path = out or default_weights_path()
-    metrics = train_classifier(seed=seed, out_path=path)
+    own = lookup("dataset", dataset).feature_classifier
+    if own is None:
+        raise KDBenchError(f"data set {dataset!r} ships no feature classifier to retrain")
+    path = out or own.default_path()
+    metrics = own.train(seed=seed, out_path=path)
     click.echo(f"wrote {path}: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
 
 

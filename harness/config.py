@@ -282,7 +282,7 @@ def spec_label(spec: list[dict[str, Any]]) -> str:
 def validate_plugins(cfg: GridConfig, source: str = "<grid>") -> None:
     """Check plugin names and options before anything runs (errors name file and key)."""
     from harness import factories
-    from harness.objective import build_combination
+    from harness.factories import build_combination
 
     def fail(key: str, exc: Exception) -> None:
         raise ConfigError(f"{source}: {key}: {exc}") from None

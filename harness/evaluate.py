@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from harness.schema import Metric
+
 
 @torch.no_grad()
 def generate(
@@ -97,7 +99,7 @@ def evaluate(
         cache_dir=cache_dir,  # reference features are computed once per data set
     )
     if classifier is not None and labels is not None:
-        metrics["class_acc"] = class_accuracy(classifier, images, labels)
-    metrics["time_sample_s"] = t_sample
-    metrics["time_metrics_s"] = time.perf_counter() - start
+        metrics[Metric.CLASS_ACC] = class_accuracy(classifier, images, labels)
+    metrics[Metric.TIME_SAMPLE_S] = t_sample
+    metrics[Metric.TIME_METRICS_S] = time.perf_counter() - start
     return metrics, images

@@ -1,15 +1,140 @@
-"""The executor contract: run a list of cells, each in its own process where possible.
+"""The executor contract and the tools every executor shares.
 
 ``run(cells, work)`` calls ``work(cell)`` (a picklable top-level function) for every
 cell and returns one result dict per cell, in order.  A cell whose process dies is
-reported as ``{"status": "failed", "error": ...}``; the others go on.
+reported as ``{"status": "failed", "error": ...}``; the others go on.  Ctrl-C ends in
+:class:`GridInterrupted`, which carries one result per cell.
+
+The helpers below are what the built-in executors (local, slurm, ray) are made of, so a
+third-party executor reports results, errors, progress and interrupts the same way:
+:func:`outcome`, :func:`failed`, :func:`skipped` and :func:`finalize` make result dicts,
+:func:`one_line` and :func:`describe` make one-line errors, :class:`InterruptCounter`
+counts Ctrl-C while a grid runs, :func:`progress_bar` and :func:`tally` show progress,
+:func:`check_positive` validates numeric options.
 """
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
+
+from tqdm import tqdm
+
+from harness.errors import OptionError
+from harness.schema import WORK_STATUSES, Status
+
+Cell = Any
+"""A job: a record with ``cell_id`` and ``label`` attributes (``harness.jobs``), or a
+mapping with those keys."""
+Work = Callable[[Cell], dict[str, Any]]
+
+
+def identify(cell: Cell) -> tuple[str, str | None]:
+    """A cell's ``cell_id`` and ``label`` (None when it has none)."""
+    if isinstance(cell, Mapping):
+        return cell["cell_id"], cell.get("label")
+    return cell.cell_id, getattr(cell, "label", None)
+
+
+def outcome(cell: Cell, status: str, **extra: Any) -> dict[str, Any]:
+    """The result dict of a cell the executor reports on itself."""
+    cell_id, label = identify(cell)
+    return {"cell_id": cell_id, "label": label, "status": status, **extra}
+
+
+def failed(cell: Cell, error: str) -> dict[str, Any]:
+    return outcome(cell, Status.FAILED, error=one_line(error))
+
+
+def skipped(cell: Cell) -> dict[str, Any]:
+    return outcome(cell, Status.SKIPPED)
+
+
+def one_line(text: str, limit: int = 500) -> str:
+    """The last non-empty line of ``text`` (a traceback's exception line), whitespace folded."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    line = " ".join(lines[-1].split()) if lines else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def describe(exc: BaseException) -> str:
+    """``"ValueError: message"`` on one line."""
+    message = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def finalize(cell: Cell, raw: Any) -> dict[str, Any]:
+    """Check what ``work`` returned and tie it to its cell (``cell_id`` always the cell's)."""
+    if not isinstance(raw, dict):
+        return failed(cell, f"work returned {type(raw).__name__}, expected a dict with a 'status'")
+    status = raw.get("status")
+    if status not in WORK_STATUSES:
+        return failed(cell, f"work returned status {status!r}; valid: {', '.join(WORK_STATUSES)}")
+    cell_id, label = identify(cell)
+    return {"label": label, **raw, "cell_id": cell_id}
+
+
+def progress_bar(total: int, progress: bool | None, desc: str) -> tqdm:
+    """A tqdm bar over cells; ``progress=None`` shows it only when stderr is a terminal."""
+    disable = None if progress is None else not progress
+    return tqdm(total=total, desc=desc, unit="cell", disable=disable, dynamic_ncols=True)
+
+
+def tally(bar: tqdm, results: list[dict[str, Any] | None]) -> None:
+    """Show the count of each status so far next to the bar."""
+    counts = Counter(r["status"] for r in results if r is not None)
+    bar.set_postfix_str(", ".join(f"{status} {n}" for status, n in sorted(counts.items())))
+
+
+class InterruptCounter:
+    """Count SIGINTs while a grid runs instead of letting them raise at a random line.
+
+    Only in the main thread, and only when SIGINT is not ignored. While ``raising`` is
+    true the handler also raises ``KeyboardInterrupt`` (a cell run in-process must see it).
+    """
+
+    def __init__(self):
+        self.count = 0
+        self.raising = False
+        self._previous: Any = None
+        self._installed = False
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        if self.raising:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> InterruptCounter:
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.getsignal(signal.SIGINT)
+            if previous not in (signal.SIG_IGN, None):
+                self._previous = previous
+                signal.signal(signal.SIGINT, self._handler)
+                self._installed = True
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+            self._installed = False
+
+
+def check_positive(
+    executor: str, option: str, value: Any, kind: type = int, allow_none: bool = True
+) -> None:
+    """Raise OptionError unless ``value`` is a positive ``kind`` (or None when allowed)."""
+    if value is None and allow_none:
+        return
+    numeric = (int, float) if kind is float else (int,)
+    if isinstance(value, bool) or not isinstance(value, numeric) or value <= 0:
+        what = "a positive integer" if kind is int else "a positive number"
+        unset = " or unset" if allow_none else ""
+        raise OptionError(
+            f"executor {executor!r}: option {option} must be {what}{unset}, got {value!r}"
+        )
 
 
 class Executor:

@@ -1,4 +1,4 @@
-"""Build registered backbones, datasets and executors by name, with clear errors."""
+"""Build registered objectives, backbones, datasets and executors by name, with clear errors."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import inspect
 from typing import Any
 
 from harness.errors import OptionError
+from harness.objective import Combination, Objective
 from harness.registry import did_you_mean, lookup
 
 
@@ -36,3 +37,35 @@ def get_executor(name: str, **options: Any):
     cls = lookup("executor", name)
     _check_options("executor", name, cls, options)
     return cls(**options)
+
+
+def get_objective(name: str, **options: Any) -> Objective:
+    """Build a registered objective by name with validated options."""
+    cls = lookup("objective", name)
+    valid = cls.option_names()
+    for key in options:
+        if key not in valid:
+            listed = ", ".join(valid) if valid else "none"
+            raise OptionError(
+                f"objective {name!r} has no option {key!r}{did_you_mean(key, valid)}; "
+                f"valid options: {listed}"
+            )
+    try:
+        obj = cls(**options)
+    except OptionError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise OptionError(f"objective {name!r}: {exc}") from None
+    obj.options = {**cls.option_defaults(), **options}
+    return obj
+
+
+def build_combination(spec: list[dict[str, Any]]) -> Combination:
+    """``[{"name": "place", "weight": 1.0, "group_size": 16}, ...]`` -> Combination."""
+    parts = []
+    for item in spec:
+        item = dict(item)
+        name = item.pop("name")
+        weight = item.pop("weight", 1.0)
+        parts.append((weight, get_objective(name, **item)))
+    return Combination(parts)

@@ -20,6 +20,8 @@ from typing import Any
 
 from harness.config import GridConfig, expand, experiment_name, grid_id
 from harness.executor import GridInterrupted
+from harness.jobs import CellJob, GridContext, TeacherJob
+from harness.schema import DONE, Kind, Status, Tag
 
 log = logging.getLogger("kdbench")
 
@@ -29,7 +31,7 @@ class GridRun:
     grid_id: str
     experiment: str
     tracking_uri: str
-    cells: list[dict[str, Any]]
+    cells: list[dict[str, Any]]  # harness.config.expand's cells
     skipped: list[str] = field(default_factory=list)
     teacher_results: list[dict[str, Any]] = field(default_factory=list)
     results: list[dict[str, Any]] = field(default_factory=list)
@@ -42,23 +44,19 @@ class GridRun:
 
 
 def _jobs(
-    cfg: GridConfig, context: dict[str, Any], cells: list[dict[str, Any]]
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    teachers: dict[str, dict[str, Any]] = {}
+    context: GridContext, cells: list[dict[str, Any]]
+) -> tuple[list[TeacherJob], list[CellJob]]:
+    """One job per distinct teacher (first-seen order), one per cell."""
+    teachers: dict[str, TeacherJob] = {}
     for cell in cells:
-        teachers.setdefault(
-            cell["teacher_id"],
-            {
-                **context,
-                "kind": "teacher",
-                "cell_id": f"teacher-{cell['teacher_id']}",
-                "label": f"teacher {cell['teacher_name']}",
-                "teacher": cell["teacher"],
-                "teacher_id": cell["teacher_id"],
-            },
-        )
-    cell_jobs = [{**context, "kind": "cell", **cell} for cell in cells]
-    return list(teachers.values()), cell_jobs
+        if cell["teacher_id"] not in teachers:
+            teachers[cell["teacher_id"]] = TeacherJob(
+                context=context,
+                teacher=cell["teacher"],
+                teacher_id=cell["teacher_id"],
+                teacher_name=cell["teacher_name"],
+            )
+    return list(teachers.values()), [CellJob.from_cell(context, cell) for cell in cells]
 
 
 def run_grid(
@@ -95,26 +93,26 @@ def run_grid(
     run.grid_run_id = gridrun.open_grid_run(tracker, cfg, gid, cells)
     if not rerun:
         done = set()
-        for r in tracker.find_runs({"kdbench.kind": "cell"}):
-            if r["status"] in ("finished", "diverged"):
-                done.add(r["tags"].get("kdbench.cell_id"))
+        for r in tracker.find_runs({Tag.KIND: Kind.CELL}):
+            if r["status"] in DONE:
+                done.add(r["tags"].get(Tag.CELL_ID))
         run.skipped = [c["cell_id"] for c in cells if c["cell_id"] in done]
         cells = [c for c in cells if c["cell_id"] not in done]
     config = cfg.model_dump(mode="json")
     if config["tracking"]["uri"]:  # workers get ``uri``; the logged config.json no password
         config["tracking"]["uri"] = mask_uri(config["tracking"]["uri"])
-    context = {
-        "config": config,
-        "tracking_uri": uri,
-        "experiment_id": tracker.experiment_id,
-        "grid_id": gid,
-        "rerun": rerun,
-        "cache_dir": str(Path(cache_dir or cfg.cache.dir or default_cache_dir()).expanduser()),
-        "progress": progress,
-        "git_commit": git_commit(),
-        "parent_run_id": run.grid_run_id,  # explicit: workers never read MLflow's env state
-    }
-    teacher_jobs, cell_jobs = _jobs(cfg, context, cells)
+    context = GridContext(
+        config=config,
+        tracking_uri=uri,
+        experiment_id=tracker.experiment_id,
+        grid_id=gid,
+        cache_dir=str(Path(cache_dir or cfg.cache.dir or default_cache_dir()).expanduser()),
+        rerun=rerun,
+        progress=progress,
+        git_commit=git_commit(),
+        parent_run_id=run.grid_run_id,  # explicit: workers never read MLflow's env state
+    )
+    teacher_jobs, cell_jobs = _jobs(context, cells)
     with gridrun.closing(tracker, run.grid_run_id):
         _run_stages(tracker, executor, run, teacher_jobs, cell_jobs)
         run.plot_dir = Path(workdir).resolve() / "kdbench-out" / "plots" / cfg.grid.name
@@ -122,7 +120,7 @@ def run_grid(
             tracker, run.grid_run_id, cfg, gid, run.cells, config, run.plot_dir
         )
         gridrun.close_grid_run(
-            tracker, run.grid_run_id, run.results + run.teacher_results, "finished"
+            tracker, run.grid_run_id, run.results + run.teacher_results, Status.FINISHED
         )
     return run
 
@@ -131,12 +129,12 @@ def _run_stages(
     tracker: Any,
     executor: Any,
     run: GridRun,
-    teacher_jobs: list[dict[str, Any]],
-    cell_jobs: list[dict[str, Any]],
+    teacher_jobs: list[TeacherJob],
+    cell_jobs: list[CellJob],
 ) -> None:
     from harness.cell import run_job
 
-    for stage, jobs in (("teacher", teacher_jobs), ("cell", cell_jobs)):
+    for stage, jobs in ((Kind.TEACHER, teacher_jobs), (Kind.CELL, cell_jobs)):
         if not jobs:
             continue
         try:
@@ -145,9 +143,9 @@ def _run_stages(
             _close_orphaned_runs(tracker, stage, jobs, exc.results)
             raise
         _close_orphaned_runs(tracker, stage, jobs, results)
-        if stage == "teacher":
+        if stage == Kind.TEACHER:
             run.teacher_results = results
-            failed = [r for r in results if r.get("status") != "finished"]
+            failed = [r for r in results if r.get("status") != Status.FINISHED]
             if failed:
                 log.warning("%d teacher job(s) failed; their cells will fail too", len(failed))
         else:
@@ -171,8 +169,9 @@ def preflight(cfg: GridConfig, channels: int) -> None:
     from harness.capacity import check_fits, load_model_file
     from harness.config import objective_spec
     from harness.errors import ConfigError, KDBenchError
+    from harness.factories import build_combination
     from harness.modelio import load_pretrained
-    from harness.objective import Outputs, build_combination
+    from harness.objective import Outputs
 
     sources = [
         (f"{section}[{i}].pretrained", cap.pretrained)
@@ -225,23 +224,24 @@ def _quiet_diffusers() -> Iterator[None]:
 
 
 def _close_orphaned_runs(
-    tracker: Any, stage: str, jobs: list[dict[str, Any]], results: list[dict[str, Any]]
+    tracker: Any,
+    stage: str,
+    jobs: list[TeacherJob] | list[CellJob],
+    results: list[dict[str, Any]],
 ) -> None:
     """A worker killed by a signal, OOM or Ctrl-C can leave its run RUNNING: close it.
 
     Dead workers' runs become ``failed``, interrupted ones ``killed``; their checkpoints
     stay, so a re-run resumes them.
     """
-    id_tag = "kdbench.cell_id" if stage == "cell" else "kdbench.teacher_id"
+    id_tag = Tag.CELL_ID if stage == Kind.CELL else Tag.TEACHER_ID
     for job, result in zip(jobs, results):
         status = result.get("status")
-        if status not in ("failed", "killed"):
+        if status not in (Status.FAILED, Status.KILLED):
             continue
-        key = job["cell_id"] if stage == "cell" else job["teacher_id"]
-        for r in tracker.find_runs({id_tag: key, "kdbench.kind": stage}):
-            if r["status"] == "running":
-                if status == "failed":
-                    tracker.set_tags(
-                        r["run_id"], {"kdbench.error": result.get("error", "worker died")}
-                    )
+        key = job.cell_id if isinstance(job, CellJob) else job.teacher_id
+        for r in tracker.find_runs({id_tag: key, Tag.KIND: stage}):
+            if r["status"] == Status.RUNNING:
+                if status == Status.FAILED:
+                    tracker.set_tags(r["run_id"], {Tag.ERROR: result.get("error", "worker died")})
                 tracker.finish(r["run_id"], status)

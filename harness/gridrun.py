@@ -22,12 +22,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from harness.schema import Kind, MlflowTag, Status, Tag
+
 log = logging.getLogger("kdbench")
 
-KIND = "grid"
-PARENT_TAG = "mlflow.parentRunId"
-NOTE_TAG = "mlflow.note.content"
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+KIND = Kind.GRID
+PARENT_TAG = MlflowTag.PARENT_RUN_ID
+NOTE_TAG = MlflowTag.NOTE
+EXPERIMENT_KIND_TAG = MlflowTag.EXPERIMENT_KIND
 MODEL_TRAINING = "custom_model_development"  # MLflow 3's "machine learning" experiments
 # The MLflow 3 UI opens every experiment in the mode of its GenAI / Model training switch
 # (GenAI unless changed); this query parameter of its addresses selects model training.
@@ -59,11 +61,11 @@ def describe_grid(cfg: Any, gid: str, cells: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def describe_cell(job: dict[str, Any]) -> str:
-    """One line for a cell run."""
+def describe_cell(job: Any) -> str:
+    """One line for a cell run (``job``: a ``harness.jobs.CellJob``)."""
     return (
-        f"{job['objective_label']}: KD from teacher {job['teacher_name']} into student "
-        f"{job['student_name']}, seed {job['seed']} (grid {job['config']['grid']['name']})"
+        f"{job.objective_label}: KD from teacher {job.teacher_name} into student "
+        f"{job.student_name}, seed {job.seed} (grid {job.context.config['grid']['name']})"
     )
 
 
@@ -77,7 +79,7 @@ def mark_experiment(client: Any, experiment_id: str, description: str | None = N
 
 
 def find_grid_run(tracker: Any, gid: str) -> dict[str, Any] | None:
-    runs = tracker.find_runs({"kdbench.kind": KIND, "kdbench.grid_id": gid})
+    runs = tracker.find_runs({Tag.KIND: KIND, Tag.GRID_ID: gid})
     return runs[0] if runs else None
 
 
@@ -95,15 +97,15 @@ def open_grid_run(tracker: Any, cfg: Any, gid: str, cells: list[dict[str, Any]])
         run_id = tracker.start_run(
             run_name(cfg),
             tags={
-                "kdbench.kind": KIND,
-                "kdbench.grid_id": gid,
-                "kdbench.grid_name": cfg.grid.name,
+                Tag.KIND: KIND,
+                Tag.GRID_ID: gid,
+                Tag.GRID_NAME: cfg.grid.name,
                 NOTE_TAG: description,
             },
             params={"cells": len(cells), "seeds": list(cfg.grid.seeds)},
         )
-    for kind in ("cell", "teacher"):  # runs of this grid made before it had a grid run
-        for r in tracker.find_runs({"kdbench.kind": kind, "kdbench.grid_id": gid}):
+    for kind in (Kind.CELL, Kind.TEACHER):  # this grid's runs made before its grid run
+        for r in tracker.find_runs({Tag.KIND: kind, Tag.GRID_ID: gid}):
             if not r["tags"].get(PARENT_TAG):
                 tracker.set_tags(r["run_id"], {PARENT_TAG: run_id})
     return run_id
@@ -111,7 +113,7 @@ def open_grid_run(tracker: Any, cfg: Any, gid: str, cells: list[dict[str, Any]])
 
 def close_grid_run(tracker: Any, run_id: str, results: list[dict[str, Any]], status: str) -> None:
     """End the grid run with ``status``; failed jobs of this invocation are named in a tag."""
-    failed = sum(1 for r in results if r.get("status") == "failed")
+    failed = sum(1 for r in results if r.get("status") == Status.FAILED)
     error = f"{failed} job(s) failed in the last invocation" if failed else None
     tracker.finish(run_id, status, error=error)
 
@@ -122,9 +124,9 @@ def closing(tracker: Any, run_id: str) -> Iterator[None]:
     try:
         yield
     except BaseException as exc:
-        status = "killed" if isinstance(exc, KeyboardInterrupt) else "failed"
+        status = Status.KILLED if isinstance(exc, KeyboardInterrupt) else Status.FAILED
         with contextlib.suppress(Exception):  # the original error matters more
-            tracker.finish(run_id, status, error=None if status == "killed" else repr(exc))
+            tracker.finish(run_id, status, error=None if status == Status.KILLED else repr(exc))
         raise
 
 
@@ -153,7 +155,7 @@ def publish(
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
         log.warning("the leaderboard could not be logged to the grid run: %s", reason)
         with contextlib.suppress(Exception):
-            tracker.set_tags(run_id, {"kdbench.publish_error": reason})
+            tracker.set_tags(run_id, {Tag.PUBLISH_ERROR: reason})
         return {}
 
 
@@ -175,7 +177,7 @@ def ui_addresses(client: Any, base_url: str) -> list[str]:
     while True:
         page = client.search_runs(
             list(experiments),
-            filter_string=f"tags.`kdbench.kind` = '{KIND}'",
+            filter_string=f"tags.`{Tag.KIND}` = '{KIND}'",
             order_by=["attributes.start_time DESC"],
             max_results=1000,
             page_token=token,
@@ -192,8 +194,8 @@ def ui_addresses(client: Any, base_url: str) -> list[str]:
             marked.add(eid)
         tags = run.data.tags
         lines += [
-            f"{run.info.run_name} ({tags.get('kdbench.grid_id')}, "
-            f"{tags.get('kdbench.status', run.info.status.lower())}) in experiment "
+            f"{run.info.run_name} ({tags.get(Tag.GRID_ID)}, "
+            f"{tags.get(Tag.STATUS, run.info.status.lower())}) in experiment "
             f"{experiments[eid].name}:",
             f"  runs table: {base}/#/experiments/{eid}/runs?{UI_MODE}",
             f"  grid run:   {base}/#/experiments/{eid}/runs/{run.info.run_id}?{UI_MODE}",

@@ -7,8 +7,10 @@ precision/recall with k-NN manifolds (Kynkaanniemi et al., 2019, k = 3).  Choice
 - One feature extractor for every metric, named by the data set: ``inception-v3-compat``
   (torch-fidelity's TF-compatible Inception; pool3 2048-d for FID/KID/PR, logits for IS;
   note PR then uses Inception features, not the VGG-16 of the PR paper) or
-  ``kdbench-digits``, registered here: the shipped digit classifier's 64-d embedding for
-  FID/KID/PR and its 10 logits for IS, so the offline default needs no download.
+  the feature space a data set ships (``ImageDataset.feature_classifier``, found through
+  the registry and registered here with torch-fidelity under its name), e.g.
+  ``kdbench-digits``: the digit classifier's 64-d embedding for FID/KID/PR and its 10
+  logits for IS, so the offline default needs no download.
   There is no silent fallback: a metric named "fid" is always computed with the
   extractor that was asked for.
 - ``generated`` is torch-fidelity's input1 and ``reference`` its input2 (precision is
@@ -18,7 +20,7 @@ precision/recall with k-NN manifolds (Kynkaanniemi et al., 2019, k = 3).  Choice
   ``kid_std`` is 0); IS uses ``min(10, N_gen)`` splits; torch-fidelity's fixed
   ``rng_seed`` (2020) makes the values deterministic for fixed inputs.
 - ``weights_path`` (``eval.inception_weights``) only feeds torch-fidelity extractors;
-  the digit extractor reads ``classifier_path`` (default: the shipped file).
+  a data set's own extractor reads ``classifier_path`` (default: its shipped file).
 - With ``cache_dir`` the reference features and FID statistics are cached on disk by
   torch-fidelity under a name made of the SHA-256 of the reference uint8 pixels and of
   the extractor weights; without it nothing is written.
@@ -39,9 +41,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from harness.datasets import FeatureClassifier
 from harness.errors import KDBenchError, OptionError, ShapeError
 
-DIGITS_EXTRACTOR = "kdbench-digits"
 INCEPTION_EXTRACTOR = "inception-v3-compat"
 METRICS = ("fid", "kid", "isc", "prc")
 MIN_IMAGES = 10
@@ -59,17 +61,34 @@ _KEYS = {
 
 
 # --------------------------------------------------------------------------- extractor
-def _digits_extractor_class():
+def shipped_extractors() -> dict[str, FeatureClassifier]:
+    """The feature spaces that registered data sets ship, by extractor name."""
+    from harness import registry
+
+    found: dict[str, FeatureClassifier] = {}
+    for entry in registry.entries("dataset").values():
+        own = getattr(entry.cls, "feature_classifier", None)
+        if isinstance(own, FeatureClassifier) and own.name:
+            found.setdefault(own.name, own)
+    return found
+
+
+def _shipped(name: str) -> FeatureClassifier | None:
+    return shipped_extractors().get(name)
+
+
+def _classifier_extractor_class():
     from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
-    class DigitsFeatureExtractor(FeatureExtractorBase):
-        """torch-fidelity extractor over the kdbench digit classifier (uint8 RGB in)."""
+    class ClassifierFeatureExtractor(FeatureExtractorBase):
+        """torch-fidelity extractor over a data set's own classifier (uint8 RGB in)."""
 
         def __init__(self, name, features_list, kdbench_classifier_path=None, **kwargs):
             super().__init__(name, features_list)
-            from harness.classifier import load_classifier
-
-            self.classifier = load_classifier(kdbench_classifier_path)
+            own = _shipped(name)
+            if own is None:
+                raise KDBenchError(f"no installed data set ships feature extractor {name!r}")
+            self.classifier = own.load(kdbench_classifier_path)
 
         @staticmethod
         def get_provided_features_list():
@@ -100,15 +119,16 @@ def _digits_extractor_class():
             out = {"embedding": emb, "logits_unbiased": logits, "logits": logits}
             return tuple(out[f].float() for f in self.features_list)
 
-    return DigitsFeatureExtractor
+    return ClassifierFeatureExtractor
 
 
 def register_extractors() -> None:
-    """Register ``kdbench-digits`` with torch-fidelity (idempotent)."""
+    """Register the data sets' own extractors with torch-fidelity (idempotent)."""
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
-    if DIGITS_EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:
-        register_feature_extractor(DIGITS_EXTRACTOR, _digits_extractor_class())
+    for name in shipped_extractors():
+        if name not in FEATURE_EXTRACTORS_REGISTRY:
+            register_feature_extractor(name, _classifier_extractor_class())
 
 
 def _known_extractors() -> list[str]:
@@ -174,14 +194,14 @@ def check_metric_available(
 ) -> None:
     """Raise ``KDBenchError`` (one line) when the extractor's weights cannot be had.
 
-    ``weights_path`` is the Inception (torch-fidelity extractor) weights file; the digit
-    extractor ignores it and checks ``classifier_path`` (default: the shipped classifier).
+    ``weights_path`` is the Inception (torch-fidelity extractor) weights file; a data
+    set's own extractor ignores it and checks ``classifier_path`` (default: its shipped
+    classifier).
     """
     _check_extractor_name(feature_extractor)
-    if feature_extractor == DIGITS_EXTRACTOR:
-        from harness.classifier import load_classifier
-
-        load_classifier(classifier_path)  # CheckpointError (a KDBenchError): missing/corrupt
+    own = _shipped(feature_extractor)
+    if own is not None:
+        own.load(classifier_path)  # CheckpointError (a KDBenchError): missing/corrupt
         return
     if weights_path is not None:
         if not Path(weights_path).is_file():
@@ -205,15 +225,11 @@ def check_metric_available(
 
 def describe_extractor(name: str, *, classifier_path: str | None = None) -> str:
     """One line saying what FID and friends were computed with (leaderboard metadata)."""
-    if name == DIGITS_EXTRACTOR:
-        from harness.classifier import default_weights_path, load_classifier
-
-        model = load_classifier(classifier_path)
-        digest = _file_digest(classifier_path or default_weights_path())[:12]
-        return (
-            f"digit-classifier embedding ({model.embed_dim}-d; IS on {model.num_classes} "
-            f"logits), kdbench, weights sha256 {digest}"
-        )
+    own = _shipped(name)
+    if own is not None:
+        model = own.load(classifier_path)
+        digest = _file_digest(classifier_path or own.default_path())[:12]
+        return f"{own.describe(model)}, weights sha256 {digest}"
     if name == INCEPTION_EXTRACTOR:
         return "Inception-v3 pool3 (2048-d; IS on 1008 logits), torch-fidelity"
     return f"{name}, torch-fidelity"
@@ -262,10 +278,9 @@ def _reference_cache_name(
     h = hashlib.sha256()
     h.update(str(tuple(reference_u8.shape)).encode())
     h.update(reference_u8.cpu().numpy().tobytes())
-    if feature_extractor == DIGITS_EXTRACTOR:
-        from harness.classifier import default_weights_path
-
-        h.update(_file_digest(weights_path or default_weights_path()).encode())
+    own = _shipped(feature_extractor)
+    if own is not None:
+        h.update(_file_digest(weights_path or own.default_path()).encode())
     elif weights_path is not None:
         h.update(_file_digest(weights_path).encode())
     return f"kdbench-ref-{h.hexdigest()[:24]}"
@@ -287,8 +302,8 @@ def compute_metrics(
 
     Returns the keys of the requested metrics among ``fid``, ``kid_mean``, ``kid_std``,
     ``isc_mean``, ``isc_std``, ``precision``, ``recall``.  ``weights_path``: local weights
-    of a torch-fidelity extractor (Inception); ignored by ``kdbench-digits``, which uses
-    ``classifier_path`` (default: the shipped digit classifier).
+    of a torch-fidelity extractor (Inception); ignored by a data set's own extractor
+    (e.g. ``kdbench-digits``), which uses ``classifier_path`` (default: its shipped file).
     """
     import torch_fidelity
 
@@ -323,7 +338,7 @@ def compute_metrics(
         kid_subsets=1 if subset == n_gen == n_ref else 100,
         **{m: m in wanted for m in METRICS},
     )
-    if feature_extractor == DIGITS_EXTRACTOR:
+    if _shipped(feature_extractor) is not None:
         weights_path = classifier_path  # eval.inception_weights does not apply here
         kwargs["kdbench_classifier_path"] = (
             None if classifier_path is None else str(classifier_path)

@@ -1,4 +1,7 @@
-"""The objective contract: ``Outputs``, ``Objective``, ``get_objective`` and combinations.
+"""The objective contract: ``Outputs``, ``Objective`` and weighted combinations.
+
+Objectives are built by name with ``harness.factories.get_objective`` and
+``build_combination`` (also exported as ``harness.get_objective``).
 
 An objective is an ``nn.Module`` called as
 ``obj(student=Outputs(...), teacher=Outputs(...), step=i, total_steps=n)`` and returns a
@@ -10,6 +13,7 @@ Options are the keyword arguments of the subclass's ``__init__``; unknown ones r
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -48,6 +52,25 @@ class Objective(nn.Module):
     def setup(self, student: Outputs, teacher: Outputs) -> None:
         """Called once with a sample batch before the optimizer is built (adapters)."""
 
+    def assistant_capacity(
+        self,
+        teacher: Any,
+        student: Any,
+        *,
+        preset_sizes: Callable[[], dict[str, int]],
+        teacher_params: int,
+        student_params: Callable[[], int],
+    ) -> Any:
+        """The assistant's ``harness.config.Capacity``, asked when ``needs_assistant`` is set.
+
+        ``teacher`` and ``student`` are the cell's capacities; ``preset_sizes()`` gives the
+        backbone's size presets with their parameter counts and ``student_params()`` the
+        student's count (both computed only when called).
+        """
+        raise NotImplementedError(
+            f"objective {self.name!r} sets needs_assistant but does not choose an assistant"
+        )
+
     @classmethod
     def option_names(cls) -> list[str]:
         sig = inspect.signature(cls.__init__)
@@ -83,29 +106,6 @@ def check_pair(s: Tensor, t: Tensor, what: str = "prediction") -> None:
         )
     if s.dtype != t.dtype:
         raise ShapeError(f"student and teacher {what} dtypes differ: {s.dtype} vs {t.dtype}")
-
-
-def get_objective(name: str, **options: Any) -> Objective:
-    """Build a registered objective by name with validated options."""
-    from harness.registry import did_you_mean, lookup
-
-    cls = lookup("objective", name)
-    valid = cls.option_names()
-    for key in options:
-        if key not in valid:
-            listed = ", ".join(valid) if valid else "none"
-            raise OptionError(
-                f"objective {name!r} has no option {key!r}{did_you_mean(key, valid)}; "
-                f"valid options: {listed}"
-            )
-    try:
-        obj = cls(**options)
-    except OptionError:
-        raise
-    except (TypeError, ValueError) as exc:
-        raise OptionError(f"objective {name!r}: {exc}") from None
-    obj.options = {**cls.option_defaults(), **options}
-    return obj
 
 
 class Combination(nn.Module):
@@ -160,17 +160,6 @@ class Combination(nn.Module):
                 total = total + weight * out["loss"]
         terms["loss"] = total
         return terms
-
-
-def build_combination(spec: list[dict[str, Any]]) -> Combination:
-    """``[{"name": "place", "weight": 1.0, "group_size": 16}, ...]`` -> Combination."""
-    parts = []
-    for item in spec:
-        item = dict(item)
-        name = item.pop("name")
-        weight = item.pop("weight", 1.0)
-        parts.append((weight, get_objective(name, **item)))
-    return Combination(parts)
 
 
 def finite_terms(terms: dict[str, Tensor]) -> dict[str, float]:

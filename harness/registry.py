@@ -18,7 +18,6 @@ A plugin that raises on import, or registers something malformed, is recorded in
 from __future__ import annotations
 
 import difflib
-import importlib
 import os
 import threading
 from dataclasses import dataclass, field
@@ -220,7 +219,3 @@ def lookup(kind: str, name: str) -> type:
     broken = [f.plugin for f in failures()]
     note = f"; plugins that failed to load: {', '.join(broken)}" if broken else ""
     raise PluginError(f"unknown {kind} {name!r}{did_you_mean(name, table)}; valid: {valid}{note}")
-
-
-def import_module(path: str):
-    return importlib.import_module(path)

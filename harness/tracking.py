@@ -33,13 +33,13 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from harness.errors import TrackingError
+from harness.schema import Status, Tag
 
-STATUSES = ("finished", "diverged", "failed", "killed", "running")
 _MLFLOW_END_STATUS = {
-    "finished": "FINISHED",
-    "diverged": "FINISHED",
-    "failed": "FAILED",
-    "killed": "KILLED",
+    Status.FINISHED: "FINISHED",
+    Status.DIVERGED: "FINISHED",
+    Status.FAILED: "FAILED",
+    Status.KILLED: "KILLED",
 }
 _SECRET_QUERY_KEYS = {
     "password",
@@ -323,7 +323,7 @@ class Tracker:
         from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
         all_tags = {str(k): _stringify(v, MAX_TAG_VAL_LENGTH) for k, v in (tags or {}).items()}
-        all_tags["kdbench.status"] = "running"
+        all_tags[str(Tag.STATUS)] = str(Status.RUNNING)
         with self._errors(f"start run {name!r}"):
             run = self._client.create_run(self.experiment_id, run_name=name, tags=all_tags)
         run_id = run.info.run_id
@@ -335,7 +335,7 @@ class Tracker:
         """Mark an existing run as running again (MLflow status RUNNING)."""
         with self._errors(f"resume run {run_id}"):
             self._client.update_run(run_id, status="RUNNING")
-            self._client.set_tag(run_id, "kdbench.status", "running")
+            self._client.set_tag(run_id, str(Tag.STATUS), str(Status.RUNNING))
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         """Params as strings (containers as JSON), cut to MLflow's length limit."""
@@ -400,9 +400,9 @@ class Tracker:
                 f"unknown run status {status!r}; valid: {', '.join(_MLFLOW_END_STATUS)}"
             )
         self.flush(run_id)
-        tags: dict[str, Any] = {"kdbench.status": status}
+        tags: dict[str, Any] = {Tag.STATUS: status}
         if error:
-            tags["kdbench.error"] = _scrub(error, self.uri)
+            tags[Tag.ERROR] = _scrub(error, self.uri)
         self.set_tags(run_id, tags)
         with self._errors(f"finish run {run_id}"):
             self._client.set_terminated(run_id, status=_MLFLOW_END_STATUS[status])
@@ -467,7 +467,7 @@ class Tracker:
 
     def latest_run_for_cell(self, cell_id: str) -> dict[str, Any] | None:
         """The newest run tagged ``kdbench.cell_id=cell_id``, or None."""
-        runs = self.find_runs({"kdbench.cell_id": cell_id})
+        runs = self.find_runs({Tag.CELL_ID: cell_id})
         return runs[0] if runs else None
 
 
@@ -484,7 +484,7 @@ def _run_dict(run) -> dict[str, Any]:
     return {
         "run_id": run.info.run_id,
         "run_name": run.info.run_name,
-        "status": tags.get("kdbench.status", str(run.info.status).lower()),
+        "status": tags.get(Tag.STATUS, str(run.info.status).lower()),
         "mlflow_status": run.info.status,
         "start_time": run.info.start_time,
         "tags": tags,

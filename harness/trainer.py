@@ -28,6 +28,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from harness.errors import CheckpointError, DivergedError
 from harness.objective import Combination, Outputs, finite_terms
+from harness.schema import TRAIN_PREFIX
 from harness.storage import load_tensors, read_metadata, save_tensors
 
 MiB = 1024 * 1024
@@ -408,7 +409,7 @@ def train(
                 last = finite_terms(terms)
                 monitor.check(step, last["loss"], last)
                 if log is not None:
-                    log(step, {f"train/{k}": v for k, v in last.items()})
+                    log(step, {f"{TRAIN_PREFIX}{k}": v for k, v in last.items()})
             elif device.type == "cpu" and not math.isfinite(loss.item()):
                 monitor.check(step, loss.item(), finite_terms(terms))
             bar.update(1)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.errors import TrackingError
+from harness.schema import Kind
 from harness.tracking import mask_uri, resolve_uri
 from leaderboards.load import load_runs, run_metadata
 from leaderboards.plots import plot_capacity_gap, plot_curves, plot_samples
@@ -88,7 +89,7 @@ def collect(
     if compare_ids and grid_ids:
         main = df[df["grid_id"].isin(grid_ids)]
     tables = [capacity_gap_table(main, metric, collapse_fid)]
-    cells = main[main["kind"] == "cell"] if "kind" in main else main
+    cells = main[main["kind"] == Kind.CELL] if "kind" in main else main
     if metric != "class_acc" and "class_acc" in cells and cells["class_acc"].notna().any():
         # Class-conditional grids: does the student draw the digit it was asked for?
         tables.append(capacity_gap_table(main, "class_acc"))

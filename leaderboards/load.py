@@ -18,40 +18,19 @@ from collections.abc import Iterable
 import pandas as pd
 
 from harness.errors import TrackingError
+from harness.schema import (
+    FLOAT_PARAMS,
+    INT_PARAMS,
+    STR_PARAMS,
+    TABLE_METRICS,
+    TABLE_TAGS,
+    Kind,
+    Tag,
+)
 from harness.tracking import mask_uri, open_client, resolve_uri
 
-TAGS = (
-    "kind",
-    "grid_id",
-    "grid_name",
-    "cell_id",
-    "status",
-    "git_commit",
-    "version",
-    "fid_features",
-    "teacher_mode",
-)
-STR_PARAMS = ("objective", "objective_spec", "teacher", "student", "backbone", "process", "dataset")
-INT_PARAMS = ("teacher_params", "student_params", "image_size", "seed", "steps", "batch_size")
-FLOAT_PARAMS = ("lr",)
-METRICS = (
-    "fid",
-    "kid_mean",
-    "kid_std",
-    "isc_mean",
-    "precision",
-    "recall",
-    "class_acc",
-    "iter_per_s",
-    "peak_mem_mb",
-    "teacher_share",
-    "time_train_s",
-    "time_sample_s",
-    "time_metrics_s",
-    "time_teacher_s",
-    "time_assistant_s",
-    "diverged_step",
-)
+TAGS = tuple(tag.column for tag in TABLE_TAGS)
+METRICS = tuple(str(metric) for metric in TABLE_METRICS)
 BASE = (
     "run_id",
     "run_name",
@@ -116,8 +95,8 @@ def _row(run, experiment_names: dict[str, str]) -> dict:
         "start_time": run.info.start_time,
         "end_time": run.info.end_time,
     }
-    for name in TAGS:
-        row[name] = tags.get(f"kdbench.{name}")
+    for tag in TABLE_TAGS:
+        row[tag.column] = tags.get(tag)
     if row["status"] is None:
         row["status"] = str(run.info.status).lower()
     row.update({k: float(v) for k, v in metrics.items()})
@@ -163,7 +142,7 @@ def load_runs(
         seen = set()
         for filter_string in filters:
             for run in _search(client, list(names), filter_string):
-                if run.data.tags.get("kdbench.kind") == "grid":
+                if run.data.tags.get(Tag.KIND) == Kind.GRID:
                     continue
                 if run.info.run_id not in seen:
                     seen.add(run.info.run_id)
@@ -182,8 +161,8 @@ def run_metadata(df: pd.DataFrame) -> dict[str, str]:
     """What a reader needs to trust a table: grids, commit, versions, data, FID, dates."""
     import mlflow
 
-    cells = df[df["kind"] == "cell"]
-    teachers = df[df["kind"] == "teacher"]
+    cells = df[df["kind"] == Kind.CELL]
+    teachers = df[df["kind"] == Kind.TEACHER]
     counts = cells["status"].value_counts()
     status = ", ".join(f"{n} {s}" for s, n in counts.items())
     grids = sorted(

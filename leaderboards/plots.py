@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: E402
 
+from harness.schema import Kind, Status  # noqa: E402
 from harness.tracking import env_override  # noqa: E402
 from leaderboards.tables import (  # noqa: E402
     cell_stats,
@@ -134,7 +135,7 @@ def plot_capacity_gap(
                     clip_on=False,
                     transform=ax.get_xaxis_transform(),
                 )
-        teachers = teacher_order(df[df["kind"] == "cell"]).dropna(subset=["teacher_params"])
+        teachers = teacher_order(df[df["kind"] == Kind.CELL]).dropna(subset=["teacher_params"])
         ax.set_xscale("log")
         ticks = teachers["teacher_params"].to_numpy(dtype=float)
         if len(ticks):
@@ -145,7 +146,7 @@ def plot_capacity_gap(
             pad = 10 ** max(0.08 * span, 0.08)
             ax.set_xlim(ticks.min() / pad, ticks.max() * pad)
         students = (
-            pd.to_numeric(df.loc[df["kind"] == "cell", "student_params"], errors="coerce")
+            pd.to_numeric(df.loc[df["kind"] == Kind.CELL, "student_params"], errors="coerce")
             .dropna()
             .unique()
         )
@@ -187,7 +188,7 @@ def _history(client, run_id: str, key: str) -> pd.Series:
 def plot_curves(client_or_uri, df: pd.DataFrame, path) -> Path | None:
     """w, coarse and fine vs step for lift/place runs (mean over seeds)."""
     keys = _term_keys(df.columns)
-    cells = df[df["kind"] == "cell"]
+    cells = df[df["kind"] == Kind.CELL]
     if not keys or cells.empty:
         return None
     client = _client(client_or_uri)
@@ -265,7 +266,7 @@ def plot_samples(
     """
     from PIL import Image
 
-    cells = df[df["kind"] == "cell"]
+    cells = df[df["kind"] == Kind.CELL]
     if teacher is not None:
         cells = cells[cells["teacher"] == teacher]
     if seed is not None:
@@ -283,7 +284,7 @@ def plot_samples(
         for objective in objectives:
             for t in teachers["teacher"]:
                 runs = cells[(cells["objective"] == objective) & (cells["teacher"] == t)]
-                done = runs[runs["status"] == "finished"].sort_values("seed")
+                done = runs[runs["status"] == Status.FINISHED].sort_values("seed")
                 for _, run in done.iterrows():
                     names = {a.path for a in client.list_artifacts(run["run_id"])}
                     if "samples.png" in names:
@@ -294,7 +295,7 @@ def plot_samples(
                             images[(objective, t)] = np.asarray(im.convert("RGB"))
                         break
                 else:
-                    if (runs["status"] == "diverged").any():
+                    if (runs["status"] == Status.DIVERGED).any():
                         images[(objective, t)] = "diverged"
     if not any(not isinstance(v, str) for v in images.values()):
         return None

@@ -23,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 
+from harness.schema import Kind, MlflowTag, Status, Tag
 from leaderboards.build import collect
 from leaderboards.load import load_runs
 from leaderboards.render import render
@@ -89,11 +90,11 @@ def publish_grid(
     tracker.log_json(run_id, config, "config.json")
     df = load_runs(tracker.uri, [experiment], [grid_id])
     best = headline(df, metric)
-    cells = df[df["kind"] == "cell"]
+    cells = df[df["kind"] == Kind.CELL]
     counts = cells["status"].value_counts()
     metrics = {
         f"cells_{status}": float(counts.get(status, 0))
-        for status in ("finished", "diverged", "failed", "killed")
+        for status in (Status.FINISHED, Status.DIVERGED, Status.FAILED, Status.KILLED)
     }
     metrics.update({f"best_{metric}/{_key(b['teacher'])}": b["mean"] for b in best})
     tracker.log_metrics(run_id, {k: v for k, v in metrics.items() if math.isfinite(v)})
@@ -102,11 +103,11 @@ def publish_grid(
         f"teacher {b['teacher']}: {b['objective']} ({metric} {b['mean']:.4g}, {b['n']} seed(s))"
         for b in best
     ]
-    tags = {f"kdbench.best_objective/{_key(b['teacher'])}": b["objective"] for b in best}
-    tags["kdbench.headline"] = "; ".join(lines) or "no finished cells"
+    tags = {f"{Tag.BEST_OBJECTIVE}/{_key(b['teacher'])}": b["objective"] for b in best}
+    tags[Tag.HEADLINE] = "; ".join(lines) or "no finished cells"
     if description:
         summary = "\n".join(f"- {line}" for line in lines) or "- no finished cells yet"
-        tags["mlflow.note.content"] = (
+        tags[MlflowTag.NOTE] = (
             f"{description}\n\n**Best objective per teacher ({metric})**\n\n{summary}"
         )
     tracker.set_tags(run_id, tags)

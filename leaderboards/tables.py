@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import KDBenchError
+from harness.schema import DONE, Kind, Status
 
 LOWER_IS_BETTER = {
     "fid",
@@ -122,7 +123,7 @@ def _check_metric(df: pd.DataFrame, metric: str) -> None:
 
 
 def _cells(df: pd.DataFrame) -> pd.DataFrame:
-    return df[df["kind"] == "cell"]
+    return df[df["kind"] == Kind.CELL]
 
 
 def _stats(values: pd.Series) -> tuple[float, float, int]:
@@ -163,9 +164,9 @@ def cell_stats(
     cells = _cells(df)
     rows = []
     for (objective, teacher), group in cells.groupby(["objective", "teacher"], dropna=True):
-        finished = group[group["status"] == "finished"]
+        finished = group[group["status"] == Status.FINISHED]
         mean, std, n = _stats(finished[metric])
-        diverged = int((group["status"] == "diverged").sum())
+        diverged = int((group["status"] == Status.DIVERGED).sum())
         high = 0
         if collapse_fid is not None:
             high = int((finished["fid"].to_numpy(dtype=float) > collapse_fid).sum())
@@ -266,7 +267,7 @@ def capacity_gap_table(
     grids = sorted({str(g) for g in cells["grid_id"].dropna()})
     if len(grids) > 1:
         notes.append(f"Pools {len(grids)} grids ({', '.join(grids)}); filter with --grid.")
-    other = cells[~cells["status"].isin(["finished", "diverged"])]
+    other = cells[~cells["status"].isin([str(s) for s in DONE])]
     if len(other):
         counts = ", ".join(f"{n} {s}" for s, n in other["status"].value_counts().items())
         notes.append(f"Left out (not a result): {counts}.")
@@ -306,7 +307,7 @@ def overhead_table(df: pd.DataFrame, teacher: str | None = None) -> Table:
     teacher and seed is pooled, which is fair when every objective ran on the same cells.
     """
     cells = _cells(df)
-    cells = cells[cells["status"] == "finished"]
+    cells = cells[cells["status"] == Status.FINISHED]
     if teacher is not None:
         cells = cells[cells["teacher"] == teacher]
     rows = []
@@ -371,7 +372,7 @@ def _repeat_cell(mean: float, std: float, n: int, metric: str) -> str:
 
 def teacher_table(df: pd.DataFrame) -> Table:
     """Teachers by size: parameters, FID and class accuracy of their own samples."""
-    runs = df[(df["kind"] == "teacher") & (df["status"] == "finished")]
+    runs = df[(df["kind"] == Kind.TEACHER) & (df["status"] == Status.FINISHED)]
     order = teacher_order(runs)
     rows = []
     for _, t in order.iterrows():

@@ -51,6 +51,19 @@ def test_bad_input_exits_2_with_one_line(tmp_path):
     assert "did you mean 'place'?" in lines[0]
 
 
+def test_train_classifier_asks_the_data_set(tmp_path):
+    result = invoke("train-classifier", "--dataset", "imagefolder", "--out", str(tmp_path / "c"))
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        "kdbench: error: data set 'imagefolder' ships no feature classifier to retrain"
+    )
+    result = invoke("train-classifier", "--dataset", "digitz")
+    assert result.exit_code == 2 and "unknown dataset 'digitz' (did you mean 'digits'?)" in (
+        result.output
+    )
+    assert not (tmp_path / "c").exists()
+
+
 def test_real_process_prints_no_traceback_but_debug_does(tmp_path):
     missing = tmp_path / "missing.toml"
     cmd = [sys.executable, "-m", "harness.cli", "run", str(missing)]

@@ -100,7 +100,7 @@ def test_digits_bad_options():
 
 
 def test_digits_classifier_and_others_return_none(tmp_path):
-    from harness.classifier import DigitClassifier
+    from plugins.datasets.digits_classifier import DigitClassifier
 
     clf = DigitsDataset(split="test").classifier()
     assert isinstance(clf, DigitClassifier) and not clf.training

@@ -20,16 +20,10 @@ import pytest
 import harness
 from harness import registry
 from harness.errors import KDBenchError, OptionError
+from harness.executor import GridInterrupted, finalize, one_line
 from harness.registry import lookup
 from plugins.executors import local as local_mod
-from plugins.executors.local import (
-    GridInterrupted,
-    LocalExecutor,
-    device_slots,
-    finalize,
-    gpu_ids,
-    one_line,
-)
+from plugins.executors.local import LocalExecutor, device_slots, gpu_ids
 from plugins.executors.ray_executor import RayExecutor, check_fits
 from plugins.executors.slurm import SlurmExecutor, job_error
 
@@ -249,7 +243,8 @@ _INTERRUPT_SCRIPT = textwrap.dedent("""
     signal.signal(signal.SIGINT, signal.default_int_handler)  # a terminal's Ctrl-C
     sys.path.insert(0, {tests!r})
     import _executor_work as fns
-    from plugins.executors.local import GridInterrupted, LocalExecutor
+    from harness.executor import GridInterrupted
+    from plugins.executors.local import LocalExecutor
     cells = [dict(cell_id=mode, label=mode, dir={dir!r}, mode=mode)
              for mode in ("polite", "raw", "stubborn", "later")]
     executor = LocalExecutor(workers=3, grace_s=3)

@@ -12,12 +12,6 @@ import torch
 import torch.nn.functional as F
 
 from harness import metrics
-from harness.classifier import (
-    DigitClassifier,
-    default_weights_path,
-    load_classifier,
-    train_classifier,
-)
 from harness.datasets import to_uint8
 from harness.errors import CheckpointError, KDBenchError, OptionError, ShapeError
 from harness.metrics import (
@@ -28,6 +22,12 @@ from harness.metrics import (
 )
 from harness.storage import load_tensors
 from plugins.datasets.digits import load_digits_tensors
+from plugins.datasets.digits_classifier import (
+    DigitClassifier,
+    default_weights_path,
+    load_classifier,
+    train_classifier,
+)
 
 EXTRACTOR = "kdbench-digits"
 

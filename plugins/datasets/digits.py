@@ -13,81 +13,21 @@ Choices made here:
   random_state=0)`` over the original order.  ``split="all"`` is every image in the
   original order.
 - ``feature_extractor = "kdbench-digits"``: metrics use the shipped digit classifier's
-  embedding (``harness.metrics``), not Inception, so FID needs no download.
+  embedding, not Inception, so FID needs no download.  The classifier ships with this
+  data set (``plugins.datasets.digits_classifier``) and reaches the core's metrics as the
+  class's ``feature_classifier``.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
-import torch.nn.functional as F
 
 from harness import hookimpl
 from harness.datasets import ImageDataset
-from harness.errors import ConfigError
+from plugins.datasets.digits_classifier import DigitFeatures, load_classifier
+from plugins.datasets.digits_data import check_options, load_digits_tensors, split_indices
 
-SPLITS = ("train", "test", "all")
-TEST_SIZE = 300
-SPLIT_SEED = 0
-NUM_IMAGES = 1797
-
-
-@lru_cache(maxsize=1)
-def _raw() -> tuple[torch.Tensor, torch.Tensor]:
-    from sklearn.datasets import load_digits
-
-    data = load_digits()
-    images = torch.from_numpy(data.images).float().unsqueeze(1) / 16.0  # [N,1,8,8] in [0,1]
-    return images, torch.from_numpy(data.target).long()
-
-
-@lru_cache(maxsize=1)
-def split_indices() -> dict[str, torch.Tensor]:
-    """Indices (into the original order) of the fixed stratified train/test split."""
-    from sklearn.model_selection import train_test_split
-
-    _, labels = _raw()
-    all_idx = torch.arange(len(labels))
-    train, test = train_test_split(
-        all_idx.numpy(), test_size=TEST_SIZE, stratify=labels.numpy(), random_state=SPLIT_SEED
-    )
-    return {
-        "train": torch.from_numpy(train).long(),
-        "test": torch.from_numpy(test).long(),
-        "all": all_idx,
-    }
-
-
-@lru_cache(maxsize=8)
-def _resized(image_size: int) -> torch.Tensor:
-    images, _ = _raw()
-    if image_size != images.shape[-1]:
-        images = F.interpolate(
-            images,
-            size=(image_size, image_size),
-            mode="bilinear",
-            align_corners=False,
-            antialias=True,
-        )
-    return (images.clamp(0, 1) * 2 - 1).contiguous()
-
-
-def load_digits_tensors(
-    image_size: int = 16, split: str = "train"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images ``[N,1,S,S]`` in ``[-1,1]`` and labels ``[N]`` of one split (fresh copies)."""
-    _check(image_size, split)
-    idx = split_indices()[split]
-    _, labels = _raw()
-    return _resized(image_size)[idx].clone(), labels[idx].clone()
-
-
-def _check(image_size: int, split: str) -> None:
-    if split not in SPLITS:
-        raise ConfigError(f"digits: unknown split {split!r}; valid: {', '.join(SPLITS)}")
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 4:
-        raise ConfigError(f"digits: image_size must be an integer >= 4, got {image_size!r}")
+__all__ = ["DigitsDataset", "load_digits_tensors", "split_indices"]
 
 
 class DigitsDataset(ImageDataset):
@@ -95,9 +35,10 @@ class DigitsDataset(ImageDataset):
 
     name = "digits"
     feature_extractor = "kdbench-digits"
+    feature_classifier = DigitFeatures()
 
     def __init__(self, *, root: str | None = None, image_size: int = 16, split: str = "train"):
-        _check(image_size, split)
+        check_options(image_size, split)
         super().__init__(root=root, image_size=image_size, split=split)
         self.num_classes = 10
         self.channels = 1
@@ -114,8 +55,6 @@ class DigitsDataset(ImageDataset):
 
     def classifier(self):
         """The shipped digit classifier (eval mode); it resizes inputs to its own size."""
-        from harness.classifier import load_classifier
-
         return load_classifier()
 
 

@@ -19,8 +19,8 @@ Choices:
   ``KeyboardInterrupt`` whose ``results`` attribute holds one dict per cell, in order; the
   same list is kept in the executor's ``results`` attribute.
 
-The helpers here (:func:`finalize`, :func:`failed`, :class:`GridInterrupted`,
-:class:`InterruptCounter`, :func:`progress_bar`) are shared by the other executors.
+The result, error, progress and interrupt helpers come from the core
+(:mod:`harness.executor`), as for every executor.
 """
 
 from __future__ import annotations
@@ -31,129 +31,34 @@ import os
 import pickle
 import signal
 import sys
-import threading
 import time
 import traceback
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import wait as wait_for_handles
 from typing import Any
 
-from tqdm import tqdm
-
 from harness import hookimpl
 from harness.errors import OptionError
-from harness.executor import Executor, GridInterrupted
-
-Cell = dict[str, Any]
-Work = Callable[[Cell], dict[str, Any]]
-
-WORK_STATUSES = ("finished", "diverged", "failed", "killed", "skipped")
-"""What a result may say; ``work`` returns ``"skipped"`` for a cell with nothing left to do,
-executors for cells never started."""
+from harness.executor import (
+    Cell,
+    Executor,
+    GridInterrupted,
+    InterruptCounter,
+    Work,
+    check_positive,
+    describe,
+    failed,
+    finalize,
+    identify,
+    outcome,
+    progress_bar,
+    skipped,
+    tally,
+)
+from harness.schema import Status
 
 _POLL_S = 0.2
-
-
-# ---------------------------------------------------------------------------------------
-# Shared by all executors
-
-
-def outcome(cell: Cell, status: str, **extra: Any) -> dict[str, Any]:
-    """The result dict of a cell the executor reports on itself."""
-    return {"cell_id": cell["cell_id"], "label": cell.get("label"), "status": status, **extra}
-
-
-def failed(cell: Cell, error: str) -> dict[str, Any]:
-    return outcome(cell, "failed", error=one_line(error))
-
-
-def skipped(cell: Cell) -> dict[str, Any]:
-    return outcome(cell, "skipped")
-
-
-def one_line(text: str, limit: int = 500) -> str:
-    """The last non-empty line of ``text`` (a traceback's exception line), whitespace folded."""
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    line = " ".join(lines[-1].split()) if lines else ""
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-def describe(exc: BaseException) -> str:
-    """``"ValueError: message"`` on one line."""
-    message = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-
-
-def finalize(cell: Cell, raw: Any) -> dict[str, Any]:
-    """Check what ``work`` returned and tie it to its cell (``cell_id`` always the cell's)."""
-    if not isinstance(raw, dict):
-        return failed(cell, f"work returned {type(raw).__name__}, expected a dict with a 'status'")
-    status = raw.get("status")
-    if status not in WORK_STATUSES:
-        return failed(cell, f"work returned status {status!r}; valid: {', '.join(WORK_STATUSES)}")
-    return {"label": cell.get("label"), **raw, "cell_id": cell["cell_id"]}
-
-
-def progress_bar(total: int, progress: bool | None, desc: str) -> tqdm:
-    """A tqdm bar over cells; ``progress=None`` shows it only when stderr is a terminal."""
-    disable = None if progress is None else not progress
-    return tqdm(total=total, desc=desc, unit="cell", disable=disable, dynamic_ncols=True)
-
-
-def tally(bar: tqdm, results: list[dict[str, Any] | None]) -> None:
-    """Show the count of each status so far next to the bar."""
-    counts = Counter(r["status"] for r in results if r is not None)
-    bar.set_postfix_str(", ".join(f"{status} {n}" for status, n in sorted(counts.items())))
-
-
-class InterruptCounter:
-    """Count SIGINTs while a grid runs instead of letting them raise at a random line.
-
-    Only in the main thread, and only when SIGINT is not ignored. While ``raising`` is
-    true the handler also raises ``KeyboardInterrupt`` (a cell run in-process must see it).
-    """
-
-    def __init__(self):
-        self.count = 0
-        self.raising = False
-        self._previous: Any = None
-        self._installed = False
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        self.count += 1
-        if self.raising:
-            raise KeyboardInterrupt
-
-    def __enter__(self) -> InterruptCounter:
-        if threading.current_thread() is threading.main_thread():
-            previous = signal.getsignal(signal.SIGINT)
-            if previous not in (signal.SIG_IGN, None):
-                self._previous = previous
-                signal.signal(signal.SIGINT, self._handler)
-                self._installed = True
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        if self._installed:
-            signal.signal(signal.SIGINT, self._previous)
-            self._installed = False
-
-
-def check_positive(
-    executor: str, option: str, value: Any, kind: type = int, allow_none: bool = True
-) -> None:
-    """Raise OptionError unless ``value`` is a positive ``kind`` (or None when allowed)."""
-    if value is None and allow_none:
-        return
-    numeric = (int, float) if kind is float else (int,)
-    if isinstance(value, bool) or not isinstance(value, numeric) or value <= 0:
-        what = "a positive integer" if kind is int else "a positive number"
-        unset = " or unset" if allow_none else ""
-        raise OptionError(
-            f"executor {executor!r}: option {option} must be {what}{unset}, got {value!r}"
-        )
 
 
 # ---------------------------------------------------------------------------------------
@@ -302,11 +207,11 @@ class _Running:
             if kind == "result":
                 return finalize(self.cell, value)
             if kind == "killed":
-                return outcome(self.cell, "killed", error=value)
+                return outcome(self.cell, Status.KILLED, error=value)
             return failed(self.cell, value)
         reason = _exit_reason(self.proc.exitcode)
         if self.interrupted:
-            return outcome(self.cell, "killed", error=self.note or f"interrupted; {reason}")
+            return outcome(self.cell, Status.KILLED, error=self.note or f"interrupted; {reason}")
         return failed(self.cell, reason)
 
 
@@ -393,7 +298,7 @@ class LocalExecutor(Executor):
         proc = ctx.Process(
             target=_child_main,
             args=(payload, sender, self.threads),
-            name=f"kdbench-cell-{cell['cell_id']}",
+            name=f"kdbench-cell-{identify(cell)[0]}",
         )
         with _environ(self._child_env(device)):
             proc.start()
@@ -520,7 +425,7 @@ class LocalExecutor(Executor):
                     results.append(finalize(cell, raw))
                 except KeyboardInterrupt:
                     interrupts.count = max(interrupts.count, 1)
-                    results.append(outcome(cell, "killed", error="interrupted"))
+                    results.append(outcome(cell, Status.KILLED, error="interrupted"))
                 except Exception as exc:
                     traceback.print_exc(file=sys.stderr)
                     results.append(failed(cell, describe(exc)))

@@ -26,9 +26,9 @@ from typing import Any
 
 from harness import hookimpl
 from harness.errors import KDBenchError, OptionError
-from harness.executor import Executor
-from plugins.executors.local import (
+from harness.executor import (
     Cell,
+    Executor,
     GridInterrupted,
     InterruptCounter,
     Work,
@@ -41,6 +41,7 @@ from plugins.executors.local import (
     progress_bar,
     tally,
 )
+from harness.schema import Status
 
 _POLL_S = 0.5
 
@@ -208,7 +209,7 @@ class RayExecutor(Executor):
                     i = index[ref]
                     results[i] = outcome(
                         cells[i],
-                        "killed",
+                        Status.KILLED,
                         error=f"interrupted; did not stop within "
                         f"{self.grace_s:g} s, force-cancelled",
                     )
@@ -223,10 +224,10 @@ class RayExecutor(Executor):
         try:
             raw = ray.get(ref)
         except ray.exceptions.TaskCancelledError:
-            return outcome(cell, "killed", error="interrupted; task cancelled")
+            return outcome(cell, Status.KILLED, error="interrupted; task cancelled")
         except ray.exceptions.RayError as exc:
             if cancelled:
-                return outcome(cell, "killed", error=f"interrupted; {task_error(ray, exc)}")
+                return outcome(cell, Status.KILLED, error=f"interrupted; {task_error(ray, exc)}")
             return failed(cell, task_error(ray, exc))
         return finalize(cell, raw)
 

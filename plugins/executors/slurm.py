@@ -28,9 +28,9 @@ from typing import Any
 
 from harness import hookimpl
 from harness.errors import KDBenchError, OptionError
-from harness.executor import Executor
-from plugins.executors.local import (
+from harness.executor import (
     Cell,
+    Executor,
     GridInterrupted,
     InterruptCounter,
     Work,
@@ -43,6 +43,7 @@ from plugins.executors.local import (
     progress_bar,
     tally,
 )
+from harness.schema import Status
 
 log = logging.getLogger(__name__)
 
@@ -285,8 +286,8 @@ class SlurmExecutor(Executor):
         except Exception as exc:
             log.warning("could not cancel job %s: %s", job.job_id, describe(exc))
         if state.upper().startswith("PENDING"):
-            return outcome(cell, "skipped")
-        return outcome(cell, "killed", error=f"interrupted; job {job.job_id} cancelled")
+            return outcome(cell, Status.SKIPPED)
+        return outcome(cell, Status.KILLED, error=f"interrupted; job {job.job_id} cancelled")
 
 
 @hookimpl

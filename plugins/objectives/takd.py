@@ -11,13 +11,16 @@ log-parameters (the geometric mean of the two parameter counts).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from torch import Tensor
 
 from harness import hookimpl
+from harness.config import Capacity
 from harness.errors import OptionError, PluginError
-from harness.objective import Objective, Outputs, check_pair, get_objective
+from harness.factories import get_objective
+from harness.objective import Objective, Outputs, check_pair
 from harness.registry import did_you_mean, entries
 
 
@@ -144,6 +147,26 @@ class TAKD(Objective):
 
     def setup(self, student: Outputs, teacher: Outputs) -> None:
         self.base.setup(student, teacher)
+
+    def assistant_capacity(
+        self,
+        teacher: Capacity,
+        student: Capacity,
+        *,
+        preset_sizes: Callable[[], dict[str, int]],
+        teacher_params: int,
+        student_params: Callable[[], int],
+    ) -> Capacity:
+        """The ``assistant`` option when set (a preset name or a pruning ratio); else
+        halfway in log-parameters: an intermediate pruning ratio when teacher and student
+        are both pruned from one base, the closest size preset otherwise."""
+        if isinstance(self.assistant, str):
+            return Capacity(preset=self.assistant)
+        if isinstance(self.assistant, (int, float)):
+            return Capacity(prune=float(self.assistant))
+        if teacher.prune is not None and student.prune is not None:
+            return Capacity(prune=round(assistant_prune_ratio(teacher.prune, student.prune), 4))
+        return Capacity(preset=choose_assistant(preset_sizes(), teacher_params, student_params()))
 
     def forward(
         self, student: Outputs, teacher: Outputs, step: int = 0, total_steps: int = 1

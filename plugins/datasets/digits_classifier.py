@@ -1,4 +1,9 @@
-"""The digit classifier: metric feature extractor and class-accuracy judge for ``digits``.
+"""The digit classifier: metric feature space and class-accuracy judge of ``digits``.
+
+It ships with the ``digits`` data set (weights beside this file) and reaches the core as
+``DigitsDataset.feature_classifier`` (a ``harness.datasets.FeatureClassifier``): the
+metrics register it with torch-fidelity as ``kdbench-digits``, and
+``kdbench train-classifier`` retrains it.
 
 FID on 8x8 digits with Inception-v3 (trained on 299x299 ImageNet photos) says little, so
 the embedded default measures samples in the feature space of a small CNN trained on
@@ -37,7 +42,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from harness.datasets import FeatureClassifier
 from harness.errors import CheckpointError, OptionError
+from harness.storage import atomic_write_json, load_tensors, read_metadata, save_tensors
+from plugins.datasets.digits_data import load_digits_tensors
 
 SHIPPED_NAME = "digits_classifier.safetensors"
 ARCH_KEYS = ("image_size", "width", "embed_dim", "num_classes")
@@ -149,8 +157,6 @@ def train_classifier(
     ``seconds`` and the settings.  Writes ``out_path`` (+ ``.sha256``) and a JSON summary
     with the same stem.
     """
-    from plugins.datasets.digits import load_digits_tensors
-
     if epochs < 1:
         raise OptionError(f"epochs must be >= 1, got {epochs}")
     start = time.perf_counter()
@@ -204,8 +210,6 @@ def train_classifier(
 
 def save_classifier(model: DigitClassifier, path: str | Path, info: dict | None = None) -> None:
     """Weights (atomic, with SHA-256 sidecar) plus a JSON summary ``<stem>.json``."""
-    from harness.storage import atomic_write_json, save_tensors
-
     path = Path(path)
     meta = {k: str(v) for k, v in (info or {}).items()}
     meta.update({k: str(v) for k, v in model.arch().items()})
@@ -216,8 +220,6 @@ def save_classifier(model: DigitClassifier, path: str | Path, info: dict | None 
 
 @lru_cache(maxsize=4)
 def _read(path: str, mtime_ns: int, size: int) -> tuple[dict[str, int], dict[str, Tensor]]:
-    from harness.storage import load_tensors, read_metadata
-
     state = load_tensors(path)  # verifies the SHA-256 sidecar
     meta = read_metadata(path)
     if meta.get("format") != "kdbench-digit-classifier-1":
@@ -256,3 +258,24 @@ def classifier_info(path: str | Path | None = None) -> dict:
     p = Path(path) if path is not None else default_weights_path()
     summary = p.with_suffix(".json")
     return json.loads(summary.read_text()) if summary.is_file() else {}
+
+
+class DigitFeatures(FeatureClassifier):
+    """``kdbench-digits``: the digit classifier's 64-d embedding (FID/KID/PR), 10 logits (IS)."""
+
+    name = "kdbench-digits"
+
+    def default_path(self) -> Path:
+        return default_weights_path()
+
+    def load(self, path: str | Path | None = None) -> DigitClassifier:
+        return load_classifier(path)
+
+    def describe(self, model: nn.Module) -> str:
+        return (
+            f"digit-classifier embedding ({model.embed_dim}-d; IS on {model.num_classes} "
+            "logits), kdbench"
+        )
+
+    def train(self, *, seed: int = 0, out_path: str | Path | None = None) -> dict:
+        return train_classifier(seed=seed, out_path=out_path)
