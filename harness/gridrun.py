@@ -11,7 +11,9 @@ Descriptions the MLflow UI shows (``mlflow.note.content``): the experiment and t
 run carry the grid's description (what it runs and where the answer is); each cell run a
 one-line description.  The experiment is marked as model training
 (``mlflow.experimentKind=custom_model_development``, read by the MLflow 3 UI), unless
-someone chose another kind, so the UI opens on its runs rather than on GenAI traces.
+someone chose another kind.  MLflow 3.x still opens an experiment in the mode of the UI's
+GenAI / Model training switch (GenAI by default), so the addresses ``kdbench ui`` prints
+select model training (``?workflowType=machine_learning``).
 """
 
 from __future__ import annotations
