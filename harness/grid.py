@@ -170,7 +170,7 @@ def preflight(cfg: GridConfig, channels: int) -> None:
     from harness.capacity import check_fits, load_model_file
     from harness.config import objective_spec
     from harness.errors import ConfigError, KDBenchError
-    from harness.factories import build_combination
+    from harness.factories import build_combination, get_backbone
     from harness.modelio import load_pretrained
     from harness.objective import Outputs
 
