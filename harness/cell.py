@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from harness import __version__
-from harness.config import Capacity, GridConfig
+from harness.config import Capacity, GridConfig, spec_label
 from harness.jobs import CellJob, Job, TeacherJob, job_from_json
 from harness.schema import DONE, TRAIN_PREFIX, UNFINISHED, Kind, Metric, MlflowTag, Status, Tag
 
@@ -87,12 +87,27 @@ def _common_tags(job: Job, kind: str, cfg: GridConfig, fid_features: str) -> dic
         Tag.VERSION: __version__,
         Tag.PLUGINS: json.dumps(plugin_versions(), sort_keys=True),
         Tag.FID_FEATURES: fid_features,
+        Tag.TORCH_FIDELITY: _torch_fidelity_version(),
         Tag.TORCH: torch.__version__,
         Tag.HOST: platform.node(),
     }
     if job.context.parent_run_id:  # the grid's run (harness.gridrun): MLflow nests under it
         tags[MlflowTag.PARENT_RUN_ID] = job.context.parent_run_id
     return tags
+
+
+def _torch_fidelity_version() -> str:
+    import torch_fidelity
+
+    return str(torch_fidelity.__version__)
+
+
+def _reference_tag(cfg: GridConfig, ctx: Any) -> dict[str, str]:
+    """What the metrics compare against (leaderboard provenance): the training images."""
+    return {
+        Tag.FID_REFERENCE: f"{cfg.dataset.name} training images "
+        f"({len(ctx.images)} at {cfg.dataset.image_size} px)"
+    }
 
 
 def run_job(job: Job | str) -> dict[str, Any]:
@@ -148,6 +163,7 @@ def run_teacher(job: TeacherJob) -> dict[str, Any]:
         },
     )
     try:
+        tracker.set_tags(run_id, _reference_tag(cfg, ctx))
         metrics, images = evaluate(
             teacher,
             ctx.process,
@@ -209,6 +225,17 @@ def checkpoint_path(job: CellJob) -> Path:
     return Path(job.context.cache_dir) / "checkpoints" / f"{job.cell_id}.safetensors"
 
 
+def tuning_tags(cfg: GridConfig, label: str) -> dict[str, str]:
+    """How a tuned grid chose this objective's values (its ``[tuned]`` record), as tags."""
+    if cfg.tuned is None or label not in cfg.tuned.objectives:
+        return {}
+    common = cfg.tuned.model_dump(exclude={"objectives"})
+    return {
+        Tag.TUNING: json.dumps(common, sort_keys=True),
+        Tag.TUNED: json.dumps(cfg.tuned.objectives[label]),  # keeps the space's order
+    }
+
+
 def _open_run(
     job: CellJob, tracker: Any, cfg: GridConfig, fid_features: str
 ) -> tuple[str | None, bool]:
@@ -228,7 +255,8 @@ def _open_run(
     ckpt.unlink(missing_ok=True)
     spec = job.objective
     params = {
-        "objective": job.objective_label,
+        "objective": spec_label(spec),  # the objectives it sums, e.g. place+featkd
+        "objective_label": job.objective_label,
         "objective_spec": spec,
         "teacher": job.teacher_name,
         "student": job.student_name,
@@ -252,6 +280,8 @@ def _open_run(
         Tag.CELL_ID: job.cell_id,
         Tag.TEACHER_ID: job.teacher_id,
         Tag.LABEL: job.label,
+        Tag.OBJECTIVE_LABEL: job.objective_label,
+        **tuning_tags(cfg, job.objective_label),
         MlflowTag.NOTE: describe_cell(job),
     }
     run_id = tracker.start_run(job.label, tags=tags, params=params)
@@ -330,6 +360,7 @@ def run_cell(job: CellJob) -> dict[str, Any]:
     result: dict[str, Any] = {"cell_id": job.cell_id, "run_id": run_id, "resumed": resumed}
     try:
         ctx = Context.create(cfg, device, job.context.cache_dir, progress=job.context.progress)
+        tracker.set_tags(run_id, _reference_tag(cfg, ctx))
         t0 = time.perf_counter()
         teacher_cap = Capacity.model_validate(job.teacher)
         student_cap = Capacity.model_validate(job.student)

@@ -69,10 +69,15 @@ class Tag(StrEnum):
     VERSION = "kdbench.version"
     PLUGINS = "kdbench.plugins"
     FID_FEATURES = "kdbench.fid_features"
+    TORCH_FIDELITY = "kdbench.torch_fidelity"  # the metric library's version
+    FID_REFERENCE = "kdbench.fid_reference"  # the reference set the metrics compare against
     TORCH = "kdbench.torch"
     HOST = "kdbench.host"
     TEACHER_MODE = "kdbench.teacher_mode"
     DIVERGED_REASON = "kdbench.diverged_reason"
+    OBJECTIVE_LABEL = "kdbench.objective_label"  # the variant's label (the row key)
+    TUNING = "kdbench.tuning"  # a tuned grid's budget, sampler, seeds, trials (JSON)
+    TUNED = "kdbench.tuned"  # this objective's search space and chosen values (JSON)
     # On the grid run (leaderboards.publish): the headline, and why publishing failed.
     HEADLINE = "kdbench.headline"
     BEST_OBJECTIVE = "kdbench.best_objective"  # + "/<teacher>"
@@ -102,6 +107,11 @@ TABLE_TAGS = (
     Tag.VERSION,
     Tag.FID_FEATURES,
     Tag.TEACHER_MODE,
+    Tag.TORCH_FIDELITY,
+    Tag.FID_REFERENCE,
+    Tag.TEACHER_ID,
+    Tag.TUNING,
+    Tag.TUNED,
 )
 """The tags a leaderboard reads into columns (named by ``Tag.column``)."""
 
@@ -112,6 +122,7 @@ class Metric(StrEnum):
     FID = "fid"
     KID_MEAN = "kid_mean"
     KID_STD = "kid_std"
+    FID_BOOT_STD = "fid_boot_std"  # FID's sampling noise: bootstrap over generated samples
     ISC_MEAN = "isc_mean"
     ISC_STD = "isc_std"
     PRECISION = "precision"
@@ -133,6 +144,7 @@ TABLE_METRICS = (
     Metric.FID,
     Metric.KID_MEAN,
     Metric.KID_STD,
+    Metric.FID_BOOT_STD,
     Metric.ISC_MEAN,
     Metric.PRECISION,
     Metric.RECALL,
@@ -152,7 +164,24 @@ TABLE_METRICS = (
 TRAIN_PREFIX = "train/"
 """Per-step loss terms are logged as ``train/<term>`` (e.g. ``train/loss``)."""
 
-STR_PARAMS = ("objective", "objective_spec", "teacher", "student", "backbone", "process", "dataset")
-INT_PARAMS = ("teacher_params", "student_params", "image_size", "seed", "steps", "batch_size")
+STR_PARAMS = (
+    "objective",
+    "objective_label",
+    "objective_spec",
+    "teacher",
+    "student",
+    "backbone",
+    "process",
+    "dataset",
+)
+INT_PARAMS = (
+    "teacher_params",
+    "student_params",
+    "image_size",
+    "seed",
+    "steps",
+    "batch_size",
+    "num_samples",
+)
 FLOAT_PARAMS = ("lr",)
 """Params a leaderboard types (nullable Int64, float); the rest are read as strings."""
