@@ -127,7 +127,9 @@ def test_page_is_self_contained_and_shows_hostile_labels_as_text(store):
     assert "script" not in tags
     assert not [key for _, attrs in parsed.tags for key in attrs if key.startswith("on")]
     images = [a for t, a in parsed.tags if t == "img"]
-    assert [a["alt"] for a in images] == ["capacity_gap_fid.png", "curves.png", "samples.png"]
+    alts = [a["alt"] for a in images]  # every figure the report drew, whatever their number
+    assert {"capacity_gap_fid.png", "curves.png", "samples.png"} <= set(alts)
+    assert len(alts) == len(set(alts))
     assert all(a["src"].startswith("data:image/png;base64,") for a in images)
     # No attribute anywhere points outside the page.
     for _, attrs in parsed.tags:
@@ -143,14 +145,17 @@ def test_page_is_self_contained_and_shows_hostile_labels_as_text(store):
 def test_page_renders_in_chromium_with_tables_figures_and_no_errors(store, tmp_path):
     chromium_or_skip()
     page = tmp_path / "board.html"
-    page.write_text(lb.report(store["uri"], experiments=["hostile"], fmt="html"), "utf-8")
+    html = lb.report(store["uri"], experiments=["hostile"], fmt="html")
+    page.write_text(html, "utf-8")
     shot = tmp_path / "board.png"
     seen = inspect_page(page, screenshot=shot)
     assert seen.title == "kdbench leaderboard"
     assert seen.errors == [] and seen.requests == []
-    # metadata, capacity gap (fid), class accuracy, overhead, teachers: each with rows.
-    assert len(seen.tables) == 5 and all(rows >= 2 for rows in seen.tables)
-    assert len(seen.images) == 3 and seen.broken_images == []
+    # metadata, capacity gap (fid), class accuracy, overhead, teachers, ...: each with rows.
+    assert len(seen.tables) == html.count("<table") >= 5
+    assert all(rows >= 2 for rows in seen.tables)
+    assert len(seen.images) == html.count("data:image/png;base64,") >= 3
+    assert seen.broken_images == []
     assert all(im["width"] > 300 for im in seen.images)
     assert HOSTILE_OBJECTIVE in seen.text and HOSTILE_TEACHER in seen.text
     with Image.open(shot) as im:
@@ -191,8 +196,9 @@ def test_leaderboard_command_writes_page_and_screenshot(store, tmp_path):
         ],
     )
     assert result.exit_code == 0, result.output
-    assert re.search(r"wrote .*shot\.png \(5 tables, 3 figures\)", result.output)
-    assert out.read_text().count("data:image/png;base64,") == 3
+    found = re.search(r"wrote .*shot\.png \((\d+) tables, (\d+) figures\)", result.output)
+    assert found and int(found.group(1)) >= 5
+    assert out.read_text().count("data:image/png;base64,") == int(found.group(2)) >= 3
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
