@@ -30,7 +30,7 @@ import torch
 from harness import __version__
 from harness.config import Capacity, GridConfig, spec_label
 from harness.jobs import CellJob, Job, TeacherJob, job_from_json
-from harness.schema import DONE, TRAIN_PREFIX, UNFINISHED, Kind, Metric, Status, Tag
+from harness.schema import DONE, TRAIN_PREFIX, UNFINISHED, Kind, Metric, MlflowTag, Status, Tag
 
 log = logging.getLogger("kdbench")
 
@@ -79,7 +79,7 @@ def _setup_worker(job: Job) -> tuple[GridConfig, Any, torch.device]:
 
 
 def _common_tags(job: Job, kind: str, cfg: GridConfig, fid_features: str) -> dict[str, str]:
-    return {
+    tags = {
         Tag.KIND: kind,
         Tag.GRID_ID: job.context.grid_id,
         Tag.GRID_NAME: cfg.grid.name,
@@ -91,6 +91,9 @@ def _common_tags(job: Job, kind: str, cfg: GridConfig, fid_features: str) -> dic
         Tag.TORCH: torch.__version__,
         Tag.HOST: platform.node(),
     }
+    if job.context.parent_run_id:  # the grid's run (harness.gridrun): MLflow nests under it
+        tags[MlflowTag.PARENT_RUN_ID] = job.context.parent_run_id
+    return tags
 
 
 def _torch_fidelity_version() -> str:
@@ -253,6 +256,8 @@ def _open_run(
     job: CellJob, tracker: Any, cfg: GridConfig, fid_features: str
 ) -> tuple[str | None, bool]:
     """(run_id, resumed); run_id None means the cell is already done."""
+    from harness.gridrun import describe_cell
+
     ckpt = checkpoint_path(job)
     runs = tracker.find_runs({Tag.CELL_ID: job.cell_id, Tag.KIND: Kind.CELL})
     if not job.context.rerun:
@@ -297,6 +302,7 @@ def _open_run(
         Tag.LABEL: job.label,
         Tag.OBJECTIVE_LABEL: job.objective_label,
         **tuning_tags(cfg, job.objective_label),
+        MlflowTag.NOTE: describe_cell(job),
     }
     run_id = tracker.start_run(job.label, tags=tags, params=params)
     return run_id, False
@@ -367,7 +373,7 @@ def run_cell(job: CellJob) -> dict[str, Any]:
     from harness.evaluate import evaluate, save_grid
     from harness.factories import build_combination
     from harness.metrics import describe_extractor
-    from harness.modelio import save_model
+    from harness.modelio import save_pretrained
     from harness.trainer import BatchMaker, LoopSettings, train
 
     cfg, tracker, device = _setup_worker(job)
@@ -463,10 +469,9 @@ def run_cell(job: CellJob) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
             tracker.log_artifact(run_id, str(save_grid(images, Path(tmp) / "samples.png")))
             tracker.log_json(run_id, job.context.config, "config.json")
-            if cfg.eval.save_student:
-                path = Path(tmp) / "student.safetensors"
-                save_model(trained.ema.cpu(), path)
-                tracker.log_artifact(run_id, str(path))
+            if cfg.eval.save_student:  # a diffusers model folder (see harness.modelio)
+                folder = save_pretrained(trained.ema.cpu(), Path(tmp) / "student", ctx.process)
+                tracker.log_artifacts(run_id, folder, "student")
         tracker.finish(run_id, Status.FINISHED)
         checkpoint_path(job).unlink(missing_ok=True)
         result.update(status=Status.FINISHED, metrics=metrics)

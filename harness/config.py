@@ -712,13 +712,12 @@ def validate_plugins(cfg: GridConfig, source: str = "<grid>") -> None:
             build_combination(v.spec)
         except KDBenchError as exc:
             fail(f"objectives[{v.index}]" + (f" ({v.label})" if v.label != v.name else ""), exc)
+        _warn_doubled(v.index, [part["name"] for part in v.spec])
     if cfg.tune is not None:
         try:
             check_tune(cfg, every)
         except KDBenchError as exc:
             raise ConfigError(f"{source}: {exc}") from None
-            fail(f"objectives[{i}]", exc)
-        _warn_doubled(i, [part["name"] for part in spec])
     _warn_inverted_gap(cfg, presets)
 
 

@@ -5,7 +5,8 @@ worker starts (SQLite migrations race otherwise); (2) one job per distinct teach
 builds it once (cached) and records its sample quality; (3) the cells not yet finished
 in MLflow run through the configured executor, a fresh process each.  A cell whose worker
 died is marked failed in MLflow so that nothing stays RUNNING; re-running the grid
-resumes it from its checkpoint.
+resumes it from its checkpoint.  All of it happens under the grid's own MLflow run
+(``harness.gridrun``), which gets the leaderboard when the grid ends (``leaderboards.publish``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ class GridRun:
     skipped: list[str] = field(default_factory=list)
     teacher_results: list[dict[str, Any]] = field(default_factory=list)
     results: list[dict[str, Any]] = field(default_factory=list)
+    grid_run_id: str | None = None
+    leaderboard: dict[str, str] = field(default_factory=dict)  # format -> document
+    plot_dir: Path | None = None
 
     def count(self, status: str) -> int:
         return sum(1 for r in self.results if r.get("status") == status)
@@ -70,8 +74,9 @@ def run_grid(
     progress: bool = True,
     workdir: str | Path = ".",
 ) -> GridRun:
+    from harness import gridrun
     from harness.capacity import default_cache_dir
-    from harness.cell import git_commit, run_job
+    from harness.cell import git_commit
     from harness.factories import get_dataset, get_executor
     from harness.metrics import check_metric_available
     from harness.tracking import Tracker, mask_uri, resolve_uri
@@ -93,6 +98,7 @@ def run_grid(
     gid = grid_id(cfg)
     cells = expand(cfg)
     run = GridRun(gid, experiment_name(cfg), uri, cells)
+    run.grid_run_id = gridrun.open_grid_run(tracker, cfg, gid, cells)
     if not rerun:
         done = set()
         for r in tracker.find_runs({Tag.KIND: Kind.CELL}):
@@ -112,8 +118,30 @@ def run_grid(
         rerun=rerun,
         progress=progress,
         git_commit=git_commit(),
+        parent_run_id=run.grid_run_id,  # explicit: workers never read MLflow's env state
     )
     teacher_jobs, cell_jobs = _jobs(context, cells)
+    with gridrun.closing(tracker, run.grid_run_id):
+        _run_stages(tracker, executor, run, teacher_jobs, cell_jobs)
+        run.plot_dir = Path(workdir).resolve() / "kdbench-out" / "plots" / cfg.grid.name
+        run.leaderboard = gridrun.publish(
+            tracker, run.grid_run_id, cfg, gid, run.cells, config, run.plot_dir
+        )
+        gridrun.close_grid_run(
+            tracker, run.grid_run_id, run.results + run.teacher_results, Status.FINISHED
+        )
+    return run
+
+
+def _run_stages(
+    tracker: Any,
+    executor: Any,
+    run: GridRun,
+    teacher_jobs: list[TeacherJob],
+    cell_jobs: list[CellJob],
+) -> None:
+    from harness.cell import run_job
+
     for stage, jobs in ((Kind.TEACHER, teacher_jobs), (Kind.CELL, cell_jobs)):
         if not jobs:
             continue
@@ -132,7 +160,6 @@ def run_grid(
                 log.warning("%d teacher job(s) failed; their cells will fail too", len(failed))
         else:
             run.results = results
-    return run
 
 
 def preflight(cfg: GridConfig, channels: int) -> None:
@@ -153,6 +180,7 @@ def preflight(cfg: GridConfig, channels: int) -> None:
     from harness.config import variants
     from harness.errors import ConfigError, KDBenchError
     from harness.factories import build_combination, get_backbone
+    from harness.modelio import load_pretrained
     from harness.objective import Outputs
 
     sources = [
@@ -171,7 +199,7 @@ def preflight(cfg: GridConfig, channels: int) -> None:
                 load_model_file(cfg, channels, source)
             elif folder.is_dir():
                 with _quiet_diffusers():  # its fallback notes would break the one-line error
-                    model = get_backbone(cfg.model.backbone).from_pretrained(str(folder))
+                    model = load_pretrained(folder, backbone=cfg.model.backbone)
                 check_fits(cfg, channels, model, source)
             elif local:  # not a hub id either
                 raise ConfigError(f"pretrained model folder not found: {source}")

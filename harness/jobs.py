@@ -45,6 +45,7 @@ class GridContext:
     rerun: bool = False
     progress: bool = True
     git_commit: str = "unknown"
+    parent_run_id: str | None = None  # the grid's own run (harness.gridrun), explicitly
 
 
 class _Record:

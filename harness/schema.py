@@ -41,10 +41,15 @@ WORK_STATUSES = (Status.FINISHED, Status.DIVERGED, Status.FAILED, Status.KILLED,
 
 
 class Kind(StrEnum):
-    """The two kinds of job and of MLflow run (tag ``kdbench.kind``)."""
+    """The kinds of MLflow run (tag ``kdbench.kind``); teacher and cell are also job kinds.
+
+    ``grid`` is the grid's own run (``harness.gridrun``), the parent of its teacher and
+    cell runs; the leaderboards never read it as a result.
+    """
 
     TEACHER = "teacher"
     CELL = "cell"
+    GRID = "grid"
 
 
 TAG_PREFIX = "kdbench."
@@ -74,11 +79,23 @@ class Tag(StrEnum):
     OBJECTIVE_LABEL = "kdbench.objective_label"  # the variant's label (the row key)
     TUNING = "kdbench.tuning"  # a tuned grid's budget, sampler, seeds, trials (JSON)
     TUNED = "kdbench.tuned"  # this objective's search space and chosen values (JSON)
+    # On the grid run (leaderboards.publish): the headline, and why publishing failed.
+    HEADLINE = "kdbench.headline"
+    BEST_OBJECTIVE = "kdbench.best_objective"  # + "/<teacher>"
+    PUBLISH_ERROR = "kdbench.publish_error"
 
     @property
     def column(self) -> str:
         """The name without its ``kdbench.`` prefix (the leaderboard's column)."""
         return self.value.removeprefix(TAG_PREFIX)
+
+
+class MlflowTag(StrEnum):
+    """MLflow's own tags that kdbench sets, which the MLflow UI reads."""
+
+    PARENT_RUN_ID = "mlflow.parentRunId"  # nests a cell or teacher run under the grid run
+    NOTE = "mlflow.note.content"  # the description of a run or an experiment (Markdown)
+    EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow 3: GenAI or model training
 
 
 TABLE_TAGS = (

@@ -575,6 +575,13 @@ class Tracker:
         what = f"log artifact {path} of run {run_id}"
         self._call(what, self._client.log_artifact, run_id, str(path), artifact_path)
 
+    def log_artifacts(
+        self, run_id: str, folder: str | os.PathLike, artifact_path: str | None = None
+    ) -> None:
+        """Every file under ``folder``, kept in its layout under ``artifact_path``."""
+        with self._errors(f"log artifacts {folder} of run {run_id}"):
+            self._client.log_artifacts(run_id, str(folder), artifact_path)
+
     def log_json(self, run_id: str, obj: Any, name: str) -> None:
         """``obj`` as a JSON artifact ``name`` (e.g. ``config.json``)."""
         plain = json.loads(json.dumps(obj, default=str))

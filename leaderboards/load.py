@@ -6,6 +6,8 @@ git_commit, version, fid_features, teacher_mode, torch_fidelity, fid_reference, 
 for counts and sizes, float for ``lr``; the rest strings); every metric's last value as
 float.  ``status`` falls back to MLflow's own status (lower case) when the tag is missing.
 A param whose name collides with a metric or tag column is stored as ``param:<name>``.
+A grid's own run (``kdbench.kind=grid``, the parent that holds the rendered leaderboard) is
+left out: tables are rebuilt from the cell and teacher runs alone.
 
 ``objective_label`` is the leaderboard's row key: one value per objective *specification*
 (name and every option).  It is the run's label (``objective`` for runs that predate
@@ -25,7 +27,15 @@ from typing import Any
 import pandas as pd
 
 from harness.errors import TrackingError
-from harness.schema import FLOAT_PARAMS, INT_PARAMS, STR_PARAMS, TABLE_METRICS, TABLE_TAGS, Kind
+from harness.schema import (
+    FLOAT_PARAMS,
+    INT_PARAMS,
+    STR_PARAMS,
+    TABLE_METRICS,
+    TABLE_TAGS,
+    Kind,
+    Tag,
+)
 from harness.tracking import mask_uri, open_client, resolve_uri
 
 TAGS = tuple(tag.column for tag in TABLE_TAGS)
@@ -196,6 +206,8 @@ def load_runs(
         seen = set()
         for filter_string in filters:
             for run in _search(client, list(names), filter_string):
+                if run.data.tags.get(Tag.KIND) == Kind.GRID:
+                    continue
                 if run.info.run_id not in seen:
                     seen.add(run.info.run_id)
                     rows.append(_row(run, names))

@@ -9,13 +9,20 @@ rendered inertly: on one line in all formats (newlines and other control charact
 folded), ``|``, ``<``, ``>`` and ``&`` escaped in Markdown, everything escaped in HTML, and
 CSV cells that a spreadsheet would run as a formula (``=``, ``+``, ``-``, ``@`` first)
 prefixed with ``'`` (OWASP's advice for CSV injection).
+
+The HTML page is one self-contained file: every figure passed in ``plots`` is embedded as
+a base64 PNG, every label and value is escaped, and a Content-Security-Policy allows no
+script and no request at all (images only as ``data:``), so it reads the same offline, as
+an MLflow artifact or as an e-mail attachment.
 """
 
 from __future__ import annotations
 
+import base64
 import html
 import io
 import re
+from pathlib import Path
 
 import pandas as pd
 from tabulate import tabulate
@@ -125,14 +132,29 @@ table{border-collapse:collapse;margin:.5em 0 1em}
 th,td{padding:.25em .7em;border-bottom:1px solid #ddd;text-align:right}
 th:first-child,td:first-child{text-align:left}
 table.meta td,table.meta th{text-align:left;border:none;padding:.1em .7em}
-p.note{color:#555;font-size:.9em;margin:.2em 0}"""
+p.note{color:#555;font-size:.9em;margin:.2em 0}
+figure{margin:1em 0 2em}
+figure img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{color:#555;font-size:.9em}"""
+_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
 
-def _html(tables: list[Table], metadata: dict) -> str:
+def _figure(path: Path) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    name = html.escape(Path(path).name)
+    return (
+        f'<figure><img alt="{name}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{name}</figcaption></figure>"
+    )
+
+
+def _html(tables: list[Table], metadata: dict, plots: list[Path] = ()) -> str:
     esc = html.escape
     out = [
         "<!DOCTYPE html>",
-        '<html><head><meta charset="utf-8">',
+        '<html lang="en"><head><meta charset="utf-8">',
+        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
         "<title>kdbench leaderboard</title>",
         f"<style>{_CSS}</style></head><body>",
         "<h1>kdbench leaderboard</h1>",
@@ -155,13 +177,22 @@ def _html(tables: list[Table], metadata: dict) -> str:
             shown.index.name = esc(str(table.display.index.name or ""))
             out.append(shown.to_html(escape=False, border=0, classes="board"))
         out += [f'<p class="note">{esc(note)}</p>' for note in table.notes]
+    if plots:
+        out.append("<h2>Figures</h2>")
+        out += [_figure(path) for path in plots]
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 
 
-def render(tables: list[Table], fmt: str = "text", metadata: dict | None = None) -> str:
-    """All ``tables`` in one document of format text|md|csv|html, metadata block first."""
-    writers = {"text": _text, "md": _md, "csv": _csv, "html": _html}
+def render(tables: list[Table], fmt: str = "text", metadata: dict | None = None, plots=()) -> str:
+    """All ``tables`` in one document of format text|md|csv|html, metadata block first.
+
+    ``plots``: PNG files that the HTML page embeds (the other formats list them in the
+    metadata only).
+    """
+    writers = {"text": _text, "md": _md, "csv": _csv}
+    if fmt == "html":
+        return _html(list(tables), dict(metadata or {}), [Path(p) for p in plots])
     if fmt not in writers:
         raise KDBenchError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
     return writers[fmt](list(tables), dict(metadata or {}))
