@@ -411,8 +411,18 @@ def teacher_key(cfg: GridConfig, cap: Capacity) -> dict[str, Any]:
 
 
 def expand(cfg: GridConfig) -> list[dict[str, Any]]:
-    """The grid's cells as JSON-able dicts, each with a stable ``cell_id``."""
-    cells = []
+    """The grid's cells as JSON-able dicts, each with a stable ``cell_id``.
+
+    A teacher-independent objective (``harness.factories.teacher_independent``: the no-KD
+    baseline) gives one cell per (student, objective, seed) instead of one per teacher:
+    its identity leaves the teacher out, ``shared_teachers`` lists every teacher it stands
+    for (name, id and capacity; empty for every other cell) and the leaderboards show its
+    result at each of them.  The other cells' ids are unchanged.
+    """
+    from harness.factories import teacher_independent
+
+    cells: list[dict[str, Any]] = []
+    shared_cells: dict[str, dict[str, Any]] = {}
     shared = {
         "dataset": cfg.dataset.model_dump(),
         "model": cfg.model.model_dump(),
@@ -420,32 +430,50 @@ def expand(cfg: GridConfig) -> list[dict[str, Any]]:
         "train": cfg.train.model_dump(exclude={"threads"}),
         "eval": cfg.eval.model_dump(exclude={"save_student"}),
     }
+    specs = [objective_spec(entry, cfg.objective) for entry in cfg.objectives]
+    independent = [teacher_independent(spec) for spec in specs]
     for teacher in cfg.teachers:
+        teacher_id = _hash(teacher_key(cfg, teacher))
         for student in cfg.students:
-            for entry in cfg.objectives:
-                spec = objective_spec(entry, cfg.objective)
+            for spec, alone in zip(specs, independent):
                 for seed in cfg.grid.seeds:
                     identity = {
                         **shared,
-                        "teacher": teacher.model_dump(exclude={"label"}),
+                        "teacher": None if alone else teacher.model_dump(exclude={"label"}),
                         "student": student.model_dump(exclude={"label"}),
                         "objective": spec,
                         "seed": seed,
                     }
-                    cells.append(
-                        {
-                            "cell_id": _hash(identity),
-                            "label": f"{spec_label(spec)} | {teacher.name} -> {student.name} | s{seed}",
-                            "objective_label": spec_label(spec),
-                            "objective": spec,
-                            "teacher": teacher.model_dump(),
-                            "teacher_name": teacher.name,
-                            "teacher_id": _hash(teacher_key(cfg, teacher)),
-                            "student": student.model_dump(),
-                            "student_name": student.name,
-                            "seed": seed,
-                        }
-                    )
+                    cell_id = _hash(identity)
+                    member = {
+                        "teacher": teacher.model_dump(),
+                        "teacher_name": teacher.name,
+                        "teacher_id": teacher_id,
+                    }
+                    if alone and cell_id in shared_cells:
+                        members = shared_cells[cell_id]["shared_teachers"]
+                        if any(m["teacher_id"] == teacher_id for m in members):
+                            raise ConfigError(
+                                "the grid lists the same cell twice (duplicate teacher, "
+                                "student, objective or seed)"
+                            )
+                        members.append(member)
+                        continue
+                    where = "all teachers" if alone else teacher.name
+                    cell = {
+                        "cell_id": cell_id,
+                        "label": f"{spec_label(spec)} | {where} -> {student.name} | s{seed}",
+                        "objective_label": spec_label(spec),
+                        "objective": spec,
+                        **member,
+                        "student": student.model_dump(),
+                        "student_name": student.name,
+                        "seed": seed,
+                        "shared_teachers": [member] if alone else [],
+                    }
+                    if alone:
+                        shared_cells[cell_id] = cell
+                    cells.append(cell)
     ids = [c["cell_id"] for c in cells]
     if len(set(ids)) != len(ids):
         raise ConfigError(

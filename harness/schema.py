@@ -68,6 +68,7 @@ class Tag(StrEnum):
     HOST = "kdbench.host"
     TEACHER_MODE = "kdbench.teacher_mode"
     DIVERGED_REASON = "kdbench.diverged_reason"
+    SHARED_TEACHERS = "kdbench.shared_teachers"  # JSON list of teacher names
 
     @property
     def column(self) -> str:
@@ -85,6 +86,7 @@ TABLE_TAGS = (
     Tag.VERSION,
     Tag.FID_FEATURES,
     Tag.TEACHER_MODE,
+    Tag.SHARED_TEACHERS,
 )
 """The tags a leaderboard reads into columns (named by ``Tag.column``)."""
 
@@ -109,6 +111,8 @@ class Metric(StrEnum):
     TIME_TEACHER_S = "time_teacher_s"
     TIME_ASSISTANT_S = "time_assistant_s"
     TIME_BUILD_S = "time_build_s"
+    TIME_START_S = "time_start_s"  # process creation to the end of set-up
+    TIME_LOG_S = "time_log_s"  # writing the artifacts at the end
     DIVERGED_STEP = "diverged_step"
 
 
@@ -128,6 +132,8 @@ TABLE_METRICS = (
     Metric.TIME_METRICS_S,
     Metric.TIME_TEACHER_S,
     Metric.TIME_ASSISTANT_S,
+    Metric.TIME_START_S,
+    Metric.TIME_LOG_S,
     Metric.DIVERGED_STEP,
 )
 """The metrics a leaderboard always has a (float) column for, in column order."""
