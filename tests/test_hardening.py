@@ -86,7 +86,14 @@ def kdbench_run(grid: Path, uri: str, cache: Path, *extra: str) -> subprocess.Po
         text=True,
         start_new_session=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
+        # A terminal's kdbench sees Ctrl-C even when these tests run with SIGINT ignored
+        # (a background job): the child must not inherit that.
+        preexec_fn=_default_sigint,
     )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for(proc: subprocess.Popen, path: Path, timeout: float = 300) -> None:
