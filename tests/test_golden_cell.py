@@ -113,13 +113,18 @@ def cells(tmp_path_factory):
     assert run.count("finished") == 3  # the baseline once, outkd per teacher
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(run.experiment).experiment_id
-    out = {}
+    out, phases = {}, {}
     for r in client.search_runs([experiment], "tags.`kdbench.kind` = 'cell'"):
         history = client.get_metric_history(r.info.run_id, "train/loss")
+        phases[r.data.tags["kdbench.label"]] = {
+            k: v for k, v in r.data.metrics.items() if k.startswith("time_")
+        }
         out[r.data.tags["kdbench.label"]] = {
             **{k: r.data.metrics[k] for k in METRICS},
             "train/loss": [h.value for h in sorted(history, key=lambda h: h.step)],
         }
+    out["phases"] = phases
+    out["uri"] = uri
     return out
 
 
@@ -138,4 +143,39 @@ def test_the_shared_baseline_equals_each_teachers_former_cell(cells, teacher):
     assert (
         _hex(cells["none | all teachers -> prune0.5 | s0"])
         == GOLDEN[f"none | {teacher} -> prune0.5 | s0"]
+    )
+
+
+def test_each_cell_logs_its_phases_and_the_overhead_table_shows_them(cells):
+    from leaderboards import load_runs, overhead_table
+
+    for label, phases in cells["phases"].items():
+        for key in ("start", "teacher", "train", "sample", "metrics", "log"):
+            assert phases[f"time_{key}_s"] >= 0, (label, key)
+    baseline = cells["phases"]["none | all teachers -> prune0.5 | s0"]
+    outkd = cells["phases"]["outkd | prune0 -> prune0.5 | s0"]
+    assert baseline["time_teacher_s"] < outkd["time_teacher_s"]  # it loads no teacher
+    table = overhead_table(load_runs(cells["uri"]))
+    for column in ("start s", "teacher s", "train s", "sample s", "metrics s", "log s", "cell s"):
+        assert column in table.display.columns
+    row = table.data.loc["outkd"]
+    assert row["time_cell_s"] == pytest.approx(
+        sum(
+            row[k]
+            for k in (
+                "time_start_s",
+                "time_teacher_s",
+                "time_train_s",
+                "time_sample_s",
+                "time_metrics_s",
+                "time_log_s",
+            )
+        )
+    )
+    assert row["time_train_s"] == pytest.approx(
+        (
+            cells["phases"]["outkd | prune0 -> prune0.5 | s0"]["time_train_s"]
+            + cells["phases"]["outkd | prune0.3 -> prune0.5 | s0"]["time_train_s"]
+        )
+        / 2
     )
