@@ -114,6 +114,11 @@ def run(
             f"grid {cfg.grid.name} ({grid_id(cfg)}): {len(cells)} cells, "
             f"{len(cfg.teachers)} teachers x {len(cfg.students)} students x "
             f"{len(cfg.objectives)} objectives x {len(cfg.grid.seeds)} seeds"
+            + (
+                f" ({shared} teacher-independent, run once for all teachers)"
+                if (shared := sum(1 for c in cells if c["shared_teachers"]))
+                else ""
+            )
         )
         for cell in cells:
             click.echo(f"  {cell['cell_id']}  {cell['label']}")
