@@ -374,7 +374,11 @@ def run_cell(job: CellJob) -> dict[str, Any]:
         batches = BatchMaker(
             ctx.images, ctx.labels, ctx.process, cfg.train.batch_size, job.seed, device
         )
-        pairs = ctx.backbone.pair_taps(student, source) if objective.needs_features else None
+        pairs = (
+            ctx.backbone.pair_taps(student, source, objective.tap_set)
+            if objective.needs_features
+            else None
+        )
         if objective.needs_teacher:
             t0 = time.perf_counter()
             teacher_source, mode = _teacher_source(
