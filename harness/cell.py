@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from harness import __version__
-from harness.config import Capacity, GridConfig
+from harness.config import Capacity, GridConfig, spec_label
 from harness.jobs import CellJob, Job, TeacherJob, job_from_json
 from harness.schema import DONE, TRAIN_PREFIX, UNFINISHED, Kind, Metric, Status, Tag
 
@@ -238,6 +238,17 @@ def checkpoint_path(job: CellJob) -> Path:
     return Path(job.context.cache_dir) / "checkpoints" / f"{job.cell_id}.safetensors"
 
 
+def tuning_tags(cfg: GridConfig, label: str) -> dict[str, str]:
+    """How a tuned grid chose this objective's values (its ``[tuned]`` record), as tags."""
+    if cfg.tuned is None or label not in cfg.tuned.objectives:
+        return {}
+    common = cfg.tuned.model_dump(exclude={"objectives"})
+    return {
+        Tag.TUNING: json.dumps(common, sort_keys=True),
+        Tag.TUNED: json.dumps(cfg.tuned.objectives[label]),  # keeps the space's order
+    }
+
+
 def _open_run(
     job: CellJob, tracker: Any, cfg: GridConfig, fid_features: str
 ) -> tuple[str | None, bool]:
@@ -256,7 +267,8 @@ def _open_run(
     spec = job.objective
     names = [m["teacher_name"] for m in job.shared_teachers]
     params = {
-        "objective": job.objective_label,
+        "objective": spec_label(spec),  # the objectives it sums, e.g. place+featkd
+        "objective_label": job.objective_label,
         "objective_spec": spec,
         "teacher": ", ".join(names) if names else job.teacher_name,
         "student": job.student_name,
@@ -279,9 +291,16 @@ def _open_run(
         **_common_tags(job, Kind.CELL, cfg, fid_features),
         Tag.CELL_ID: job.cell_id,
         Tag.LABEL: job.label,
+        Tag.OBJECTIVE_LABEL: job.objective_label,
+        **tuning_tags(cfg, job.objective_label),
     }
     if job.teacher_independent:  # the leaderboards show it at each of these teachers
-        tags[Tag.SHARED_TEACHERS] = json.dumps(names)
+        tags[Tag.SHARED_TEACHERS] = json.dumps(
+            [
+                {"teacher": m["teacher_name"], "teacher_id": m["teacher_id"]}
+                for m in job.shared_teachers
+            ]
+        )
     else:
         tags[Tag.TEACHER_ID] = job.teacher_id
     run_id = tracker.start_run(job.label, tags=tags, params=params)

@@ -70,7 +70,10 @@ class Tag(StrEnum):
     HOST = "kdbench.host"
     TEACHER_MODE = "kdbench.teacher_mode"
     DIVERGED_REASON = "kdbench.diverged_reason"
-    SHARED_TEACHERS = "kdbench.shared_teachers"  # JSON list of teacher names
+    SHARED_TEACHERS = "kdbench.shared_teachers"  # JSON [{"teacher": name, "teacher_id": id}]
+    OBJECTIVE_LABEL = "kdbench.objective_label"  # the variant's label (the row key)
+    TUNING = "kdbench.tuning"  # a tuned grid's budget, sampler, seeds, trials (JSON)
+    TUNED = "kdbench.tuned"  # this objective's search space and chosen values (JSON)
 
     @property
     def column(self) -> str:
@@ -91,6 +94,9 @@ TABLE_TAGS = (
     Tag.SHARED_TEACHERS,
     Tag.TORCH_FIDELITY,
     Tag.FID_REFERENCE,
+    Tag.TEACHER_ID,
+    Tag.TUNING,
+    Tag.TUNED,
 )
 """The tags a leaderboard reads into columns (named by ``Tag.column``)."""
 
@@ -147,7 +153,16 @@ TABLE_METRICS = (
 TRAIN_PREFIX = "train/"
 """Per-step loss terms are logged as ``train/<term>`` (e.g. ``train/loss``)."""
 
-STR_PARAMS = ("objective", "objective_spec", "teacher", "student", "backbone", "process", "dataset")
+STR_PARAMS = (
+    "objective",
+    "objective_label",
+    "objective_spec",
+    "teacher",
+    "student",
+    "backbone",
+    "process",
+    "dataset",
+)
 INT_PARAMS = (
     "teacher_params",
     "student_params",

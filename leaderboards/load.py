@@ -2,7 +2,7 @@
 
 Columns: run_id, run_name, experiment, experiment_id, mlflow_status, start_time, end_time;
 the ``kdbench.*`` tags without their prefix (kind, grid_id, grid_name, cell_id, status,
-git_commit, version, fid_features, teacher_mode, torch_fidelity, fid_reference); every param (known numeric ones typed: nullable Int64
+git_commit, version, fid_features, teacher_mode, torch_fidelity, fid_reference, teacher_id, tuning, tuned); every param (known numeric ones typed: nullable Int64
 for counts and sizes, float for ``lr``; the rest strings); every metric's last value as
 float.  ``status`` falls back to MLflow's own status (lower case) when the tag is missing.
 A param whose name collides with a metric or tag column is stored as ``param:<name>``.
@@ -11,13 +11,21 @@ A teacher-independent cell (the no-KD baseline, run once for all teachers; tag
 ``kdbench.shared_teachers``) becomes one row per teacher it stands for, with that
 teacher's name and size and the same ``run_id``: every table, plot and seed-paired
 statistic then finds the baseline at each teacher.  Count runs with ``run_id.nunique()``.
+
+``objective_label`` is the leaderboard's row key: one value per objective *specification*
+(name and every option).  It is the run's label (``objective`` for runs that predate
+labels); when runs with one label carry different options (e.g. ``lift`` at L1 in one grid
+and at L2 in another), each gets the options that tell them apart, ``lift {coarse=l2}``,
+so that runs whose options differ are never averaged together.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from collections.abc import Iterable
+from typing import Any
 
 import pandas as pd
 
@@ -129,25 +137,38 @@ def _teacher_sizes(df: pd.DataFrame) -> tuple[dict, dict]:
     return by_grid.to_dict(), by_name.to_dict()
 
 
+def _members(text: Any) -> list[tuple[str, str | None]]:
+    """The (teacher, teacher_id) pairs of a ``kdbench.shared_teachers`` tag (names alone too)."""
+    try:
+        items = json.loads(text)
+    except (TypeError, ValueError):
+        return []
+    if not isinstance(items, list):
+        return []
+    return [
+        (str(m.get("teacher")), m.get("teacher_id")) if isinstance(m, dict) else (str(m), None)
+        for m in items
+    ]
+
+
 def spread_shared_cells(df: pd.DataFrame) -> pd.DataFrame:
     """Each teacher-independent cell once per teacher it stands for (see the module doc)."""
     shared = (df["kind"] == Kind.CELL) & df["shared_teachers"].notna()
     if not shared.any():
         return df
     by_grid, by_name = _teacher_sizes(df)
-    index, teachers, copies = [], [], []
+    index, teachers, ids, copies = [], [], [], []
     for i in df.index:
-        names = [df.at[i, "teacher"]]
+        members = [(df.at[i, "teacher"], df.at[i, "teacher_id"])]
         if shared[i]:
-            try:
-                names = [str(n) for n in json.loads(df.at[i, "shared_teachers"])] or names
-            except (TypeError, ValueError):
-                pass
-        index += [i] * len(names)
-        teachers += names
-        copies += [bool(shared[i])] * len(names)
+            members = _members(df.at[i, "shared_teachers"]) or members
+        index += [i] * len(members)
+        teachers += [name for name, _ in members]
+        ids += [teacher_id for _, teacher_id in members]
+        copies += [bool(shared[i])] * len(members)
     out = df.loc[index].reset_index(drop=True)
     out["teacher"] = pd.Series(teachers, dtype=object)
+    out["teacher_id"] = pd.Series(ids, dtype=object)
     sizes = [
         by_grid.get((g, t), by_name.get(t)) if copy else p
         for g, t, p, copy in zip(out["grid_id"], out["teacher"], out["teacher_params"], copies)
@@ -157,6 +178,61 @@ def spread_shared_cells(df: pd.DataFrame) -> pd.DataFrame:
     )
     out.attrs.update(df.attrs)
     return out
+
+
+def _plugin_defaults(name: str) -> dict[str, Any]:
+    try:
+        from harness.registry import lookup
+
+        return lookup("objective", name).option_defaults()
+    except Exception:  # an objective whose plugin is not installed here: compare as logged
+        return {}
+
+
+def _flat_spec(text: Any) -> dict[str, str] | None:
+    """``[{"name": "lift", "weight": 1.0, ...}]`` -> {"lift.weight": "1.0", ...}, defaults filled."""
+    try:
+        spec = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
+    if not isinstance(spec, list) or not all(isinstance(p, dict) and "name" in p for p in spec):
+        return None
+    flat: dict[str, str] = {}
+    for part in spec:
+        name = str(part["name"])
+        options = {**_plugin_defaults(name), "weight": 1.0, **part}
+        options.pop("name")
+        for key, value in options.items():
+            shown = f"{value:g}" if isinstance(value, float) else json.dumps(value, default=str)
+            flat[f"{name}.{key}"] = shown.strip('"')
+    return flat
+
+
+def key_objectives(df: pd.DataFrame) -> pd.DataFrame:
+    """Set ``objective_label`` to one value per objective specification (see module doc)."""
+    label = df["objective_label"].where(df["objective_label"].notna(), df["objective"])
+    df["objective_label"] = label
+    cells = df["kind"] == Kind.CELL
+    for name, group in df[cells].groupby("objective_label"):
+        flats = {spec: _flat_spec(spec) for spec in group["objective_spec"].dropna().unique()}
+        canon = {spec: json.dumps(f, sort_keys=True) if f else spec for spec, f in flats.items()}
+        if len(set(canon.values())) <= 1:
+            continue
+        parsed = [f for f in flats.values() if f]
+        keys = sorted({k for f in parsed for k in f})
+        differ = [k for k in keys if len({f.get(k) for f in parsed}) > 1]
+        single = "+" not in str(name)
+        for spec, flat in flats.items():
+            if flat and differ:
+                shown = ",".join(
+                    f"{k.split('.', 1)[1] if single else k}={flat.get(k, '-')}" for k in differ
+                )
+                suffix = f" {{{shown}}}"
+            else:
+                suffix = " #" + hashlib.sha256(str(spec).encode()).hexdigest()[:6]
+            rows = cells & (df["objective_label"] == name) & (df["objective_spec"] == spec)
+            df.loc[rows, "objective_label"] = f"{name}{suffix}"
+    return df
 
 
 def load_runs(
@@ -180,7 +256,7 @@ def load_runs(
                 if run.info.run_id not in seen:
                     seen.add(run.info.run_id)
                     rows.append(_row(run, names))
-    df = spread_shared_cells(_typed(rows))
+    df = spread_shared_cells(key_objectives(_typed(rows)))
     df.attrs["tracking_uri"] = mask_uri(uri)
     return df
 

@@ -127,7 +127,12 @@ def _runs() -> pd.DataFrame:
                 "run_id": f"none-{seed}",
                 "objective": "none",
                 "teacher": "big, small",
-                "shared_teachers": json.dumps(["big", "small"]),
+                "shared_teachers": json.dumps(
+                    [
+                        {"teacher": "big", "teacher_id": "tb"},
+                        {"teacher": "small", "teacher_id": "ts"},
+                    ]
+                ),
                 "seed": seed,
                 "fid": 30.0 + seed,
             }
@@ -140,6 +145,7 @@ def test_a_shared_run_is_a_row_at_each_teacher():
     none = df[df["objective"] == "none"].sort_values(["seed", "teacher"])
     assert none["teacher"].tolist() == ["big", "small", "big", "small"]
     assert none["teacher_params"].tolist() == [9, 3, 9, 3]
+    assert none["teacher_id"].tolist() == ["tb", "ts", "tb", "ts"]
     assert none["run_id"].tolist() == ["none-0", "none-0", "none-1", "none-1"]
     assert none["fid"].tolist() == [30.0, 30.0, 31.0, 31.0]
     assert df["fid"].dtype == float and str(df["teacher_params"].dtype) == "Int64"
