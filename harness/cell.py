@@ -67,6 +67,22 @@ def plugin_versions() -> dict[str, str]:
     return out
 
 
+def process_age() -> float | None:
+    """Seconds since this process was created (Linux ``/proc``; None elsewhere).
+
+    A cell's ``time_start_s``: its process's creation (fork or spawn) to the end of its
+    set-up (imports, tracking store, data), before the teacher is loaded.
+    """
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _setup_worker(job: Job) -> tuple[GridConfig, Any, torch.device]:
     from harness.tracking import Tracker
 
@@ -274,11 +290,12 @@ def _open_run(
             tracker.set_tags(r["run_id"], {Tag.ERROR: "its process ended without closing it"})
             tracker.finish(r["run_id"], Status.FAILED)
     spec = job.objective
+    names = [m["teacher_name"] for m in job.shared_teachers]
     params = {
         "objective": spec_label(spec),  # the objectives it sums, e.g. place+featkd
         "objective_label": job.objective_label,
         "objective_spec": spec,
-        "teacher": job.teacher_name,
+        "teacher": ", ".join(names) if names else job.teacher_name,
         "student": job.student_name,
         "teacher_spec": job.teacher,
         "student_spec": job.student,
@@ -298,12 +315,20 @@ def _open_run(
     tags = {
         **_common_tags(job, Kind.CELL, cfg, fid_features),
         Tag.CELL_ID: job.cell_id,
-        Tag.TEACHER_ID: job.teacher_id,
         Tag.LABEL: job.label,
         Tag.OBJECTIVE_LABEL: job.objective_label,
         **tuning_tags(cfg, job.objective_label),
         MlflowTag.NOTE: describe_cell(job),
     }
+    if job.teacher_independent:  # the leaderboards show it at each of these teachers
+        tags[Tag.SHARED_TEACHERS] = json.dumps(
+            [
+                {"teacher": m["teacher_name"], "teacher_id": m["teacher_id"]}
+                for m in job.shared_teachers
+            ]
+        )
+    else:
+        tags[Tag.TEACHER_ID] = job.teacher_id
     run_id = tracker.start_run(job.label, tags=tags, params=params)
     return run_id, False
 
@@ -385,14 +410,18 @@ def run_cell(job: CellJob) -> dict[str, Any]:
     try:
         ctx = Context.create(cfg, device, job.context.cache_dir, progress=job.context.progress)
         tracker.set_tags(run_id, _reference_tag(cfg, ctx))
+        started = process_age()
         t0 = time.perf_counter()
         teacher_cap = Capacity.model_validate(job.teacher)
         student_cap = Capacity.model_validate(job.student)
-        teacher = ctx.teacher(teacher_cap)
+        # A teacher-independent cell never loads one (its result stands for every teacher).
+        teacher = None if job.teacher_independent else ctx.teacher(teacher_cap)
         time_teacher = time.perf_counter() - t0
         objective = build_combination(job.objective)
         student = ctx.student_init(student_cap, job.seed)
         metrics: dict[str, float] = {Metric.TIME_TEACHER_S: time_teacher}
+        if started is not None:
+            metrics[Metric.TIME_START_S] = started
         source, source_key = teacher, job.teacher_id
         if objective.needs_assistant:
             source, info = capacity.assistant(ctx, teacher_cap, student_cap, job.objective, teacher)
@@ -403,13 +432,10 @@ def run_cell(job: CellJob) -> dict[str, Any]:
                 {"assistant": info.get("capacity"), "assistant_params": source.num_parameters()},
             )
         if not resumed:
-            tracker.log_params(
-                run_id,
-                {
-                    "teacher_params": teacher.num_parameters(),
-                    "student_params": student.num_parameters(),
-                },
-            )
+            sizes = {"student_params": student.num_parameters()}
+            if teacher is not None:
+                sizes["teacher_params"] = teacher.num_parameters()
+            tracker.log_params(run_id, sizes)
         settings = LoopSettings.from_section(cfg.train)
         batches = BatchMaker(
             ctx.images, ctx.labels, ctx.process, cfg.train.batch_size, job.seed, device
@@ -420,9 +446,11 @@ def run_cell(job: CellJob) -> dict[str, Any]:
             else None
         )
         if objective.needs_teacher:
+            t0 = time.perf_counter()
             teacher_source, mode = _teacher_source(
                 ctx, job, source, source_key, objective, batches, pairs
             )
+            metrics[Metric.TIME_TEACHER_S] += time.perf_counter() - t0
         else:  # the no-KD baseline trains on the denoising loss alone
             teacher_source, mode = None, "none"
         tracker.set_tags(run_id, {Tag.TEACHER_MODE: mode})
@@ -465,13 +493,16 @@ def run_cell(job: CellJob) -> dict[str, Any]:
             cache_dir=str(ctx.cache_dir / "metrics"),
         )
         metrics.update(scores)
-        tracker.log_metrics(run_id, metrics)
+        t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             tracker.log_artifact(run_id, str(save_grid(images, Path(tmp) / "samples.png")))
             tracker.log_json(run_id, job.context.config, "config.json")
             if cfg.eval.save_student:  # a diffusers model folder (see harness.modelio)
                 folder = save_pretrained(trained.ema.cpu(), Path(tmp) / "student", ctx.process)
                 tracker.log_artifacts(run_id, folder, "student")
+        # The artifacts' time; the final metrics' own write cannot time itself.
+        metrics[Metric.TIME_LOG_S] = time.perf_counter() - t0
+        tracker.log_metrics(run_id, metrics)
         tracker.finish(run_id, Status.FINISHED)
         checkpoint_path(job).unlink(missing_ok=True)
         result.update(status=Status.FINISHED, metrics=metrics)

@@ -172,6 +172,11 @@ def _print_cells(cfg, cells) -> None:
         f"grid {cfg.grid.name} ({grid_id(cfg)}): {len(cells)} cells, "
         f"{len(cfg.teachers)} teachers x {len(cfg.students)} students x "
         f"{len(labels)} objective variants x {len(cfg.grid.seeds)} seeds"
+        + (
+            f" ({shared} teacher-independent, run once for all teachers)"
+            if (shared := sum(1 for c in cells if c["shared_teachers"]))
+            else ""
+        )
     )
     if len(labels) != len(cfg.objectives):
         click.echo(f"variants: {', '.join(labels)}")

@@ -783,9 +783,20 @@ def teacher_key(cfg: GridConfig, cap: Capacity) -> dict[str, Any]:
 
 
 def expand(cfg: GridConfig) -> list[dict[str, Any]]:
-    """The grid's cells as JSON-able dicts, each with a stable ``cell_id``."""
-    cells = []
+    """The grid's cells as JSON-able dicts, each with a stable ``cell_id``.
+
+    A teacher-independent objective (``harness.factories.teacher_independent``: the no-KD
+    baseline) gives one cell per (student, variant, seed) instead of one per teacher: its
+    identity leaves the teacher out, ``shared_teachers`` lists every teacher it stands for
+    (name, id and capacity; empty for every other cell) and the leaderboards show its
+    result at each of them.  The other cells' ids are unchanged.
+    """
+    from harness.factories import teacher_independent
+
+    cells: list[dict[str, Any]] = []
+    shared_cells: dict[str, dict[str, Any]] = {}
     every = variants(cfg)
+    independent = [teacher_independent(variant.spec) for variant in every]
     shared = {
         "dataset": cfg.dataset.model_dump(),
         "model": cfg.model.model_dump(),
@@ -794,34 +805,50 @@ def expand(cfg: GridConfig) -> list[dict[str, Any]]:
         "eval": cfg.eval.model_dump(exclude={"save_student"}),
     }
     for teacher in cfg.teachers:
+        teacher_id = _hash(teacher_key(cfg, teacher))
         for student in cfg.students:
-            for variant in every:
+            for variant, alone in zip(every, independent):
                 spec = variant.spec
                 for seed in cfg.grid.seeds:
                     identity = {
                         **shared,
-                        "teacher": teacher.model_dump(exclude={"label"}),
+                        "teacher": None if alone else teacher.model_dump(exclude={"label"}),
                         "student": student.model_dump(exclude={"label"}),
                         "objective": spec,
                         "seed": seed,
                     }
                     if variant.label != variant.name:  # plain names keep their cell ids
                         identity["objective_label"] = variant.label
-                    cells.append(
-                        {
-                            "cell_id": _hash(identity),
-                            "label": f"{variant.label} | {teacher.name} -> {student.name} "
-                            f"| s{seed}",
-                            "objective_label": variant.label,
-                            "objective": spec,
-                            "teacher": teacher.model_dump(),
-                            "teacher_name": teacher.name,
-                            "teacher_id": _hash(teacher_key(cfg, teacher)),
-                            "student": student.model_dump(),
-                            "student_name": student.name,
-                            "seed": seed,
-                        }
-                    )
+                    cell_id = _hash(identity)
+                    member = {
+                        "teacher": teacher.model_dump(),
+                        "teacher_name": teacher.name,
+                        "teacher_id": teacher_id,
+                    }
+                    if alone and cell_id in shared_cells:
+                        members = shared_cells[cell_id]["shared_teachers"]
+                        if any(m["teacher_id"] == teacher_id for m in members):
+                            raise ConfigError(
+                                "the grid lists the same cell twice (duplicate teacher, "
+                                "student, objective or seed)"
+                            )
+                        members.append(member)
+                        continue
+                    where = "all teachers" if alone else teacher.name
+                    cell = {
+                        "cell_id": cell_id,
+                        "label": f"{variant.label} | {where} -> {student.name} | s{seed}",
+                        "objective_label": variant.label,
+                        "objective": spec,
+                        **member,
+                        "student": student.model_dump(),
+                        "student_name": student.name,
+                        "seed": seed,
+                        "shared_teachers": [member] if alone else [],
+                    }
+                    if alone:
+                        shared_cells[cell_id] = cell
+                    cells.append(cell)
     ids = [c["cell_id"] for c in cells]
     if len(set(ids)) != len(ids):
         raise ConfigError(

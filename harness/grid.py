@@ -52,16 +52,21 @@ class GridRun:
 def _jobs(
     context: GridContext, cells: list[dict[str, Any]]
 ) -> tuple[list[TeacherJob], list[CellJob]]:
-    """One job per distinct teacher (first-seen order), one per cell."""
+    """One job per distinct teacher (first-seen order), one per cell.
+
+    A teacher-independent cell names every teacher it stands for; each still gets its job
+    (its quality is recorded even in a grid of baselines alone).
+    """
     teachers: dict[str, TeacherJob] = {}
     for cell in cells:
-        if cell["teacher_id"] not in teachers:
-            teachers[cell["teacher_id"]] = TeacherJob(
-                context=context,
-                teacher=cell["teacher"],
-                teacher_id=cell["teacher_id"],
-                teacher_name=cell["teacher_name"],
-            )
+        for member in cell.get("shared_teachers") or [cell]:
+            if member["teacher_id"] not in teachers:
+                teachers[member["teacher_id"]] = TeacherJob(
+                    context=context,
+                    teacher=member["teacher"],
+                    teacher_id=member["teacher_id"],
+                    teacher_name=member["teacher_name"],
+                )
     return list(teachers.values()), [CellJob.from_cell(context, cell) for cell in cells]
 
 

@@ -76,6 +76,7 @@ class Tag(StrEnum):
     HOST = "kdbench.host"
     TEACHER_MODE = "kdbench.teacher_mode"
     DIVERGED_REASON = "kdbench.diverged_reason"
+    SHARED_TEACHERS = "kdbench.shared_teachers"  # JSON [{"teacher": name, "teacher_id": id}]
     OBJECTIVE_LABEL = "kdbench.objective_label"  # the variant's label (the row key)
     TUNING = "kdbench.tuning"  # a tuned grid's budget, sampler, seeds, trials (JSON)
     TUNED = "kdbench.tuned"  # this objective's search space and chosen values (JSON)
@@ -108,6 +109,7 @@ TABLE_TAGS = (
     Tag.VERSION,
     Tag.FID_FEATURES,
     Tag.TEACHER_MODE,
+    Tag.SHARED_TEACHERS,
     Tag.TORCH_FIDELITY,
     Tag.FID_REFERENCE,
     Tag.TEACHER_ID,
@@ -138,6 +140,8 @@ class Metric(StrEnum):
     TIME_TEACHER_S = "time_teacher_s"
     TIME_ASSISTANT_S = "time_assistant_s"
     TIME_BUILD_S = "time_build_s"
+    TIME_START_S = "time_start_s"  # process creation to the end of set-up
+    TIME_LOG_S = "time_log_s"  # writing the artifacts at the end
     DIVERGED_STEP = "diverged_step"
 
 
@@ -158,6 +162,8 @@ TABLE_METRICS = (
     Metric.TIME_METRICS_S,
     Metric.TIME_TEACHER_S,
     Metric.TIME_ASSISTANT_S,
+    Metric.TIME_START_S,
+    Metric.TIME_LOG_S,
     Metric.DIVERGED_STEP,
 )
 """The metrics a leaderboard always has a (float) column for, in column order."""

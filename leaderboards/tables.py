@@ -8,7 +8,8 @@
   (MLPerf's rule): shown as such, not averaged over its survivors.  The marked cells are the
   tie group of each teacher: the best mean and every objective a seed-paired test cannot
   separate from it (``leaderboards.stats.tie_groups``).
-- ``overhead_table``: iter/s and peak memory per objective, relative to outkd (Table 9).
+- ``overhead_table``: iter/s and peak memory per objective, relative to outkd (Table 9),
+  and where a cell's time goes (start, teacher, train, sample, metrics, log).
 - ``teacher_table``: each teacher's size and quality.
 - ``compare``: one metric of two grids side by side with deltas, paired intervals over
   shared seeds (or Welch's when the grids cannot be paired) and tie marking.
@@ -39,6 +40,8 @@ LOWER_IS_BETTER = {
     "time_metrics_s",
     "time_teacher_s",
     "time_assistant_s",
+    "time_start_s",
+    "time_log_s",
     "teacher_share",
 }
 HIGHER_IS_BETTER = {"isc_mean", "precision", "recall", "class_acc", "iter_per_s"}
@@ -350,8 +353,24 @@ def _modes(group: pd.DataFrame) -> str:
     return "/".join(sorted({str(m) for m in group["teacher_mode"].dropna()}))
 
 
+PHASES = {
+    "time_start_s": "start s",
+    "time_teacher_s": "teacher s",
+    "time_train_s": "train s",
+    "time_sample_s": "sample s",
+    "time_metrics_s": "metrics s",
+    "time_log_s": "log s",
+}
+"""A cell's phases in the order they run (metric -> overhead table column)."""
+
+
+def _seconds(x: float) -> str:
+    return "–" if not np.isfinite(x) else f"{x:.1f}"
+
+
 def overhead_table(df: pd.DataFrame, teacher: str | None = None) -> Table:
-    """Training cost per objective over finished cells: iter/s, peak memory, vs outkd in %.
+    """Training cost per objective over finished cells: iter/s, peak memory, vs outkd in %,
+    and the mean seconds of each phase of a cell (``PHASES``).
 
     The relative columns are ``100 * (x / x_outkd - 1)``.  With ``teacher=None`` every
     teacher and seed is pooled, which is fair when every objective ran on the same cells.
@@ -360,23 +379,34 @@ def overhead_table(df: pd.DataFrame, teacher: str | None = None) -> Table:
     cells = cells[cells["status"] == Status.FINISHED]
     if teacher is not None:
         cells = cells[cells["teacher"] == teacher]
+    elif "run_id" in cells:  # a teacher-independent run counts once, not once per teacher
+        cells = cells.drop_duplicates("run_id")
     rows = []
     keys = row_key(cells)
     for objective in objective_order(keys):
         group = cells[keys == objective]
-        rows.append(
-            {
-                "objective": objective,
-                "iter_per_s": _stats(group["iter_per_s"])[0],
-                "peak_mem_mb": _stats(group["peak_mem_mb"])[0],
-                "teacher_share": _stats(group["teacher_share"])[0],
-                "teacher_mode": _modes(group),
-                "n": len(group),
-            }
-        )
+        row = {
+            "objective": objective,
+            "iter_per_s": _stats(group["iter_per_s"])[0],
+            "peak_mem_mb": _stats(group["peak_mem_mb"])[0],
+            "teacher_share": _stats(group["teacher_share"])[0],
+            "teacher_mode": _modes(group),
+            "n": len(group),
+        }
+        for metric in PHASES:
+            row[metric] = _stats(group[metric])[0] if metric in group else math.nan
+        rows.append(row)
     data = pd.DataFrame(
         rows,
-        columns=["objective", "iter_per_s", "peak_mem_mb", "teacher_share", "teacher_mode", "n"],
+        columns=[
+            "objective",
+            "iter_per_s",
+            "peak_mem_mb",
+            "teacher_share",
+            "teacher_mode",
+            "n",
+            *PHASES,
+        ],
     ).set_index("objective")
     notes = [
         "Means over finished cells; relative columns are 100·(x / x_outkd − 1); "
@@ -407,6 +437,18 @@ def overhead_table(df: pd.DataFrame, teacher: str | None = None) -> Table:
         notes.append(
             "teacher: 'cached' cells read the teacher's predictions computed once per "
             "(teacher, seed); 'live' cells (feature KD) run the teacher at every step."
+        )
+    shown = [metric for metric in PHASES if data[metric].notna().any()]
+    for metric in shown:
+        display[PHASES[metric]] = [_seconds(x) for x in data[metric]]
+    if shown:
+        data["time_cell_s"] = data[shown].sum(axis=1, min_count=1)
+        display["cell s"] = [_seconds(x) for x in data["time_cell_s"]]
+        notes.append(
+            "Phases, mean seconds per cell: start = process creation to the end of set-up "
+            "(imports, store, data); teacher = loading it and its cached predictions; "
+            "train = the training loop (with step logging); sample; metrics; log = the "
+            "artifacts; cell = their sum (TAKD's assistant is built once and not counted)."
         )
     display["n"] = [str(int(n)) for n in data["n"]]
     kd = data.drop(index="none", errors="ignore")  # no distillation is trivially cheapest
