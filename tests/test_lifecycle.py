@@ -299,3 +299,102 @@ def test_a_sigkilled_parent_takes_its_cells_with_it(tmp_path):
                 os.kill(pid, signal.SIGKILL)
     # the healthy cell saw one interrupt and ran its own clean-up (a trainer's checkpoint)
     assert marks(tmp_path, "polite", "interrupted")["sigints"] == 1
+
+
+# ---------------------------------------------------------------------- a real grid
+
+_HANGING_OBJECTIVE = """
+import os, time
+
+from harness import Objective, Outputs, check_pair, hookimpl
+
+
+class HangingKD(Objective):
+    '''Output KD that loops forever at step 6 on its first attempt (a deadlocked plugin).'''
+
+    name = "hangkd"
+
+    def forward(self, student: Outputs, teacher: Outputs, step: int = 0, total_steps: int = 1):
+        check_pair(student.pred, teacher.pred)
+        marker = os.environ["KDBENCH_TEST_HANG_MARKER"]
+        if step >= 6 and not os.path.exists(marker):
+            open(marker, "w").close()
+            while True:
+                time.sleep(0.1)
+        return {"loss": ((student.pred - teacher.pred.detach()) ** 2).mean()}
+
+
+@hookimpl
+def register_objectives(register):
+    register(HangingKD)
+"""
+
+
+@pytest.mark.slow
+def test_hung_cell_and_sigterm_lose_nothing_and_a_rerun_resumes_them(tmp_path, monkeypatch):
+    """A real ``kdbench run`` of two cells, one after the other, SIGINT ignored.
+
+    Cell A (a plugin that loops forever after its first checkpoint): killed at its time
+    limit, run ``failed`` with "timed out after 60 s", the grid goes on.  Cell B: SIGTERM
+    to ``kdbench`` alone (``docker stop``) at its first checkpoint -> exit 143, run
+    ``killed``.  The re-run resumes both in their own runs from their checkpoints and every
+    logged step is in the history.
+    """
+    from conftest import install_fake_distribution
+    from test_grid_e2e import cell_runs, grid_file, history
+    from test_hardening import kdbench_run, wait_for
+
+    from harness.config import expand
+
+    plugin = install_fake_distribution(
+        tmp_path / "plugin",
+        "hang-plugin",
+        "1.0",
+        {"hangkd": "fakeplug_hang"},
+        {"fakeplug_hang": _HANGING_OBJECTIVE},
+    )
+    monkeypatch.setenv("KDBENCH_TEST_HANG_MARKER", str(tmp_path / "hung-once"))
+    monkeypatch.setenv(
+        "PYTHONPATH",
+        os.pathsep.join(
+            p for p in (str(plugin), str(TESTS.parent), os.environ.get("PYTHONPATH")) if p
+        ),
+    )
+    uri, cache = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "cache"
+    grid = [
+        "objectives=['hangkd', 'outkd']",
+        "train.steps=60",
+        "executor.options={threads=1, workers=1, timeout_s=60}",
+    ]
+    path, cfg = grid_file(tmp_path, "hung", grid)
+    a, b = (cell["cell_id"] for cell in expand(cfg))
+    ckpt = {cell: cache / "checkpoints" / f"{cell}.safetensors" for cell in (a, b)}
+    proc = kdbench_run(path, uri, cache, *sum((["--set", o] for o in grid), []))
+    proc_pid = proc.pid
+    try:
+        wait_for(proc, ckpt[b], timeout=600)
+        os.kill(proc_pid, signal.SIGTERM)  # the grid's process alone, as docker stop
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc_pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 143, err[-2000:]
+    assert "timed out after 60 s" in err and "Traceback" not in err
+
+    experiment = "kdbench-hung"
+    [ra], [rb] = (cell_runs(uri, experiment, cell) for cell in (a, b))
+    assert ra.info.status == "FAILED" and ra.data.tags["kdbench.status"] == "failed"
+    assert ra.data.tags["kdbench.error"] == "timed out after 60 s"
+    assert rb.info.status == "KILLED" and rb.data.tags["kdbench.status"] == "killed"
+    assert ckpt[a].exists() and ckpt[b].exists()
+
+    again = kdbench_run(path, uri, cache, *sum((["--set", o] for o in grid), []))
+    out, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err[-2000:]
+    for cell, before in ((a, ra), (b, rb)):
+        [r] = cell_runs(uri, experiment, cell)
+        assert r.info.run_id == before.info.run_id  # resumed, not started afresh
+        assert r.info.status == "FINISHED" and "fid" in r.data.metrics
+        steps = {s for s, _ in history(uri, r.info.run_id, "train/loss")}
+        assert steps == set(range(0, 60, 2)) | {59}

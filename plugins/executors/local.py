@@ -197,6 +197,9 @@ def _child_main(
     guard_cell_process()  # SIGINT/SIGTERM interrupt once, whatever was inherited; no orphans
     if env is not None:
         _adopt(env, stdio)
+    registry = sys.modules.get("harness.registry")
+    if registry is not None and registry._state is not None:
+        registry.reload()  # loaded in the forkserver: find the plugins this cell's path has
     try:
         if threads:
             import torch
