@@ -96,6 +96,8 @@ def kdbench_run(grid: Path, uri: str, cache: Path, *extra: str) -> subprocess.Po
         text=True,
         start_new_session=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
+        # A terminal's kdbench sees Ctrl-C even when these tests run with SIGINT ignored
+        # (a background job): the child must not inherit that.
         preexec_fn=terminal_signals,
     )
 
