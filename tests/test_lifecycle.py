@@ -331,7 +331,9 @@ def register_objectives(register):
 
 
 @pytest.mark.slow
-def test_hung_cell_and_sigterm_lose_nothing_and_a_rerun_resumes_them(tmp_path, monkeypatch):
+def test_hung_cell_and_sigterm_lose_nothing_and_a_rerun_resumes_them(
+    tmp_path, monkeypatch, fake_dist
+):
     """A real ``kdbench run`` of two cells, one after the other, SIGINT ignored.
 
     Cell A (a plugin that loops forever after its first checkpoint): killed at its time
@@ -340,19 +342,15 @@ def test_hung_cell_and_sigterm_lose_nothing_and_a_rerun_resumes_them(tmp_path, m
     ``killed``.  The re-run resumes both in their own runs from their checkpoints and every
     logged step is in the history.
     """
-    from conftest import install_fake_distribution
     from test_grid_e2e import cell_runs, grid_file, history
     from test_hardening import kdbench_run, wait_for
 
     from harness.config import expand
 
-    plugin = install_fake_distribution(
-        tmp_path / "plugin",
-        "hang-plugin",
-        "1.0",
-        {"hangkd": "fakeplug_hang"},
-        {"fakeplug_hang": _HANGING_OBJECTIVE},
+    fake_dist(
+        "hang-plugin", "1.0", {"hangkd": "fakeplug_hang"}, {"fakeplug_hang": _HANGING_OBJECTIVE}
     )
+    plugin = tmp_path / "hang-plugin"  # where fake_dist installed it (also on sys.path here)
     monkeypatch.setenv("KDBENCH_TEST_HANG_MARKER", str(tmp_path / "hung-once"))
     monkeypatch.setenv(
         "PYTHONPATH",
