@@ -40,6 +40,22 @@ class DiffusionModel(nn.Module):
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
+    def tap_set(self, name: str = "blocks") -> list[str]:
+        """The taps of a named set: ``"blocks"`` is ``self.taps``; a backbone may offer more
+        (the U-Net's ``"submodules"``) by overriding ``extra_tap_sets``."""
+        sets = {"blocks": self.taps, **self.extra_tap_sets()}
+        if name not in sets:
+            from harness.errors import OptionError
+
+            raise OptionError(
+                f"backbone {self.backbone!r} has no tap set {name!r}; its tap sets: "
+                f"{', '.join(sets)}"
+            )
+        return list(sets[name])
+
+    def extra_tap_sets(self) -> dict[str, list[str]]:
+        return {}
+
     def tap_modules(self) -> dict[str, nn.Module]:
         modules = dict(self.named_modules())
         return {name: modules[name] for name in self.taps}
@@ -55,6 +71,8 @@ class Backbone:
     name: ClassVar[str] = ""
     default_process: ClassVar[str] = "ddpm"
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    # The tap sets its models offer (``DiffusionModel.tap_set``), checked before a grid runs.
+    tap_sets: ClassVar[tuple[str, ...]] = ("blocks",)
 
     def build(
         self,
@@ -74,8 +92,10 @@ class Backbone:
         """Raise OptionError when the backbone cannot take this image size."""
 
     @staticmethod
-    def pair_taps(student: DiffusionModel, teacher: DiffusionModel) -> dict[str, str]:
-        return pair_taps(student.taps, teacher.taps)
+    def pair_taps(
+        student: DiffusionModel, teacher: DiffusionModel, tap_set: str = "blocks"
+    ) -> dict[str, str]:
+        return pair_taps(student.tap_set(tap_set), teacher.tap_set(tap_set))
 
 
 def pair_taps(student_taps: list[str], teacher_taps: list[str]) -> dict[str, str]:

@@ -320,11 +320,12 @@ def _assistant_key(
 ) -> dict[str, Any]:
     """What determines a trained assistant: not the student's step count or logging."""
     ignored = {"threads", "steps", "assistant_steps", "log_every", "checkpoint_every"}
+    train = {k: v for k, v in cfg.train.identity().items() if k not in ignored}
     return {
         "teacher": teacher_key(cfg, teacher_cap),
         "assistant": ta_cap.model_dump(),
         "base": base_spec,
-        "train": cfg.train.model_dump(exclude=ignored),
+        "train": train,
         "steps": steps,
     }
 
@@ -378,7 +379,11 @@ def assistant(
             ctx.images, ctx.labels, ctx.process, cfg.train.batch_size, cfg.pretrain.seed, ctx.device
         )
         objective = build_combination(base_spec)
-        pairs = ctx.backbone.pair_taps(init, teacher) if objective.needs_features else None
+        pairs = (
+            ctx.backbone.pair_taps(init, teacher, objective.tap_set)
+            if objective.needs_features
+            else None
+        )
         result = train(
             init,
             batches=batches,

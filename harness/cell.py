@@ -87,8 +87,23 @@ def _common_tags(job: Job, kind: str, cfg: GridConfig, fid_features: str) -> dic
         Tag.VERSION: __version__,
         Tag.PLUGINS: json.dumps(plugin_versions(), sort_keys=True),
         Tag.FID_FEATURES: fid_features,
+        Tag.TORCH_FIDELITY: _torch_fidelity_version(),
         Tag.TORCH: torch.__version__,
         Tag.HOST: platform.node(),
+    }
+
+
+def _torch_fidelity_version() -> str:
+    import torch_fidelity
+
+    return str(torch_fidelity.__version__)
+
+
+def _reference_tag(cfg: GridConfig, ctx: Any) -> dict[str, str]:
+    """What the metrics compare against (leaderboard provenance): the training images."""
+    return {
+        Tag.FID_REFERENCE: f"{cfg.dataset.name} training images "
+        f"({len(ctx.images)} at {cfg.dataset.image_size} px)"
     }
 
 
@@ -145,6 +160,7 @@ def run_teacher(job: TeacherJob) -> dict[str, Any]:
         },
     )
     try:
+        tracker.set_tags(run_id, _reference_tag(cfg, ctx))
         metrics, images = evaluate(
             teacher,
             ctx.process,
@@ -324,6 +340,7 @@ def run_cell(job: CellJob) -> dict[str, Any]:
     result: dict[str, Any] = {"cell_id": job.cell_id, "run_id": run_id, "resumed": resumed}
     try:
         ctx = Context.create(cfg, device, job.context.cache_dir, progress=job.context.progress)
+        tracker.set_tags(run_id, _reference_tag(cfg, ctx))
         t0 = time.perf_counter()
         teacher_cap = Capacity.model_validate(job.teacher)
         student_cap = Capacity.model_validate(job.student)
@@ -353,7 +370,11 @@ def run_cell(job: CellJob) -> dict[str, Any]:
         batches = BatchMaker(
             ctx.images, ctx.labels, ctx.process, cfg.train.batch_size, job.seed, device
         )
-        pairs = ctx.backbone.pair_taps(student, source) if objective.needs_features else None
+        pairs = (
+            ctx.backbone.pair_taps(student, source, objective.tap_set)
+            if objective.needs_features
+            else None
+        )
         if objective.needs_teacher:
             teacher_source, mode = _teacher_source(
                 ctx, job, source, source_key, objective, batches, pairs

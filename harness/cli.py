@@ -260,9 +260,25 @@ def models(backbone: str | None, image_size: int, channels: int, num_classes: in
     metavar="GRID_A GRID_B",
     help="Compare two grids (ids or experiment names).",
 )
+@click.option(
+    "--baseline",
+    default=None,
+    metavar="NAME",
+    help="Objective the seed-paired differences and pooled verdicts compare against "
+    "[default: none, when it ran].",
+)
+@click.option(
+    "--alpha",
+    type=float,
+    default=0.05,
+    show_default=True,
+    help="Level of the tests; intervals are 1 - alpha.",
+)
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=None)
 @click.option("--tracking-uri", default=None)
-def leaderboard(experiments, grids, fmt, metric, plot_dir, compare, output, tracking_uri) -> None:
+def leaderboard(
+    experiments, grids, fmt, metric, plot_dir, compare, baseline, alpha, output, tracking_uri
+) -> None:
     """Render leaderboards from the MLflow runs."""
     import leaderboards
     from harness.tracking import resolve_uri
@@ -276,6 +292,8 @@ def leaderboard(experiments, grids, fmt, metric, plot_dir, compare, output, trac
         plot_dir=plot_dir,
         metric=metric,
         compare_ids=tuple(compare) if compare else None,
+        baseline=baseline,
+        alpha=alpha,
     )
     if output:
         output.write_text(text)

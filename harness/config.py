@@ -105,6 +105,44 @@ class TrainSection(_Strict):
     teacher_cache_mb: int = Field(2048, ge=0)
     threads: int | None = Field(None, ge=1)
     assistant_steps: int | None = Field(None, ge=1)
+    # Official training semantics (see harness.trainer and configs/README.md); the
+    # defaults keep kdbench's own behaviour and stay out of cell ids (TRAIN_OPT_IN).
+    loss_reduction: str = "mean"
+    grad_clip_scope: str = "all"
+    lr_schedule: str = "constant"
+    lr_min: float = Field(0.0, ge=0)
+
+    @field_validator("loss_reduction", "grad_clip_scope", "lr_schedule", mode="before")
+    @classmethod
+    def _choice(cls, value: Any, info: Any) -> Any:
+        valid = TRAIN_CHOICES[info.field_name]
+        if value not in valid:
+            listed = ", ".join(repr(v) for v in valid)
+            raise ValueError(
+                f"{value!r} is not valid{did_you_mean(str(value), valid)}; use {listed}"
+            )
+        return value
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that identify a cell: opt-in options only when they are set."""
+        data = self.model_dump(exclude={"threads"})
+        for key, default in TRAIN_OPT_IN.items():
+            if data[key] == default:
+                del data[key]
+        return data
+
+
+TRAIN_CHOICES = {
+    "loss_reduction": ("mean", "sum"),
+    "grad_clip_scope": ("all", "model"),
+    "lr_schedule": ("constant", "cosine"),
+}
+TRAIN_OPT_IN = {
+    "loss_reduction": "mean",
+    "grad_clip_scope": "all",
+    "lr_schedule": "constant",
+    "lr_min": 0.0,
+}
 
 
 class EvalSection(_Strict):
@@ -417,7 +455,7 @@ def expand(cfg: GridConfig) -> list[dict[str, Any]]:
         "dataset": cfg.dataset.model_dump(),
         "model": cfg.model.model_dump(),
         "pretrain": cfg.pretrain.model_dump(),
-        "train": cfg.train.model_dump(exclude={"threads"}),
+        "train": cfg.train.identity(),
         "eval": cfg.eval.model_dump(exclude={"save_student"}),
     }
     for teacher in cfg.teachers:

@@ -21,6 +21,13 @@ precision/recall with k-NN manifolds (Kynkaanniemi et al., 2019, k = 3).  Choice
   ``rng_seed`` (2020) makes the values deterministic for fixed inputs.
 - ``weights_path`` (``eval.inception_weights``) only feeds torch-fidelity extractors;
   a data set's own extractor reads ``classifier_path`` (default: its shipped file).
+- Evaluation noise (``fid_bootstrap = B``, kdbench's evaluation uses 20): the generated
+  features are resampled with replacement B times and FID is recomputed against the
+  fixed reference statistics (torch-fidelity's ``fid_features_to_statistics`` and
+  ``fid_statistics_to_metric``); ``fid_boot_std`` is the std of those B values, the
+  metric's sampling noise for this run apart from seed-to-seed variation (the bootstrap
+  FIDs themselves are biased upward by duplicated samples; only their spread is used).
+  The generated features are extracted a second time for this (a fraction of sampling).
 - With ``cache_dir`` the reference features and FID statistics are cached on disk by
   torch-fidelity under a name made of the SHA-256 of the reference uint8 pixels and of
   the extractor weights; without it nothing is written.
@@ -43,11 +50,13 @@ from torch.utils.data import Dataset
 
 from harness.datasets import FeatureClassifier
 from harness.errors import KDBenchError, OptionError, ShapeError
+from harness.schema import Metric
 
 INCEPTION_EXTRACTOR = "inception-v3-compat"
 METRICS = ("fid", "kid", "isc", "prc")
 MIN_IMAGES = 10
 NETWORK_TIMEOUT_S = 1.0
+FID_BOOTSTRAP_SEED = 2020  # torch-fidelity's default rng_seed
 
 _KEYS = {
     "fid": {"frechet_inception_distance": "fid"},
@@ -297,11 +306,13 @@ def compute_metrics(
     kid_subset_size: int | None = None,
     cache_dir: str | None = None,
     classifier_path: str | None = None,
+    fid_bootstrap: int = 0,
 ) -> dict[str, float]:
     """FID/KID/IS/PR of ``generated`` against ``reference`` (float [-1,1] ``[N,C,H,W]``).
 
     Returns the keys of the requested metrics among ``fid``, ``kid_mean``, ``kid_std``,
-    ``isc_mean``, ``isc_std``, ``precision``, ``recall``.  ``weights_path``: local weights
+    ``isc_mean``, ``isc_std``, ``precision``, ``recall``, plus ``fid_boot_std`` when FID
+    is requested with ``fid_bootstrap >= 2`` resamples.  ``weights_path``: local weights
     of a torch-fidelity extractor (Inception); ignored by a data set's own extractor
     (e.g. ``kdbench-digits``), which uses ``classifier_path`` (default: its shipped file).
     """
@@ -361,7 +372,43 @@ def compute_metrics(
     for m in wanted:
         for src, dst in _KEYS[m].items():
             out[dst] = float(raw[src])
+    if "fid" in wanted and fid_bootstrap >= 2:
+        with ctx:
+            out[Metric.FID_BOOT_STD] = fid_bootstrap_std(kwargs, fid_bootstrap)
     return out
+
+
+def fid_bootstrap_std(kwargs: dict, resamples: int, seed: int = FID_BOOTSTRAP_SEED) -> float:
+    """Std of FID over ``resamples`` bootstrap resamples of the generated features
+    (input1 of torch-fidelity ``kwargs``) against the fixed reference statistics (input2)."""
+    import numpy as np
+    from torch_fidelity.metric_fid import (
+        KEY_METRIC_FID,
+        fid_features_to_statistics,
+        fid_input_id_to_statistics_cached,
+        fid_statistics_to_metric,
+    )
+    from torch_fidelity.utils import (
+        create_feature_extractor,
+        extract_featuresdict_from_input_id,
+        resolve_feature_layer_for_metric,
+    )
+
+    layer = resolve_feature_layer_for_metric("fid", **kwargs)
+    extractor = create_feature_extractor(kwargs["feature_extractor"], [layer], **kwargs)
+    features = extract_featuresdict_from_input_id(1, extractor, **kwargs)[layer]
+    reference = fid_input_id_to_statistics_cached(2, extractor, layer, **kwargs)
+    rng = np.random.default_rng(seed)
+    n = len(features)
+    values = [
+        fid_statistics_to_metric(
+            fid_features_to_statistics(features[torch.from_numpy(rng.integers(0, n, n))]),
+            reference,
+            False,
+        )[KEY_METRIC_FID]
+        for _ in range(resamples)
+    ]
+    return float(np.std(values, ddof=1))
 
 
 @torch.no_grad()

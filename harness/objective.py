@@ -52,6 +52,11 @@ class Objective(nn.Module):
     def setup(self, student: Outputs, teacher: Outputs) -> None:
         """Called once with a sample batch before the optimizer is built (adapters)."""
 
+    def check_inputs(self, student: Outputs, teacher: Outputs) -> None:
+        """Raise an ``OptionError`` when these options cannot train on predictions shaped
+        like these (e.g. a term that is constant for the data); the grid's preflight calls
+        it once on random predictions shaped like the grid's images."""
+
     def assistant_capacity(
         self,
         teacher: Any,
@@ -132,6 +137,16 @@ class Combination(nn.Module):
     @property
     def needs_features(self) -> bool:
         return any(o.needs_features for o in self.parts)
+
+    @property
+    def tap_set(self) -> str:
+        """The backbone tap set the feature objectives ask for (``tap_set``, default blocks)."""
+        sets = {getattr(o, "tap_set", "blocks") for o in self.parts if o.needs_features}
+        if len(sets) > 1:
+            raise OptionError(
+                f"objectives {self.label!r} ask for different tap sets {sorted(sets)}"
+            )
+        return sets.pop() if sets else "blocks"
 
     @property
     def needs_assistant(self) -> bool:

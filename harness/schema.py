@@ -64,6 +64,8 @@ class Tag(StrEnum):
     VERSION = "kdbench.version"
     PLUGINS = "kdbench.plugins"
     FID_FEATURES = "kdbench.fid_features"
+    TORCH_FIDELITY = "kdbench.torch_fidelity"  # the metric library's version
+    FID_REFERENCE = "kdbench.fid_reference"  # the reference set the metrics compare against
     TORCH = "kdbench.torch"
     HOST = "kdbench.host"
     TEACHER_MODE = "kdbench.teacher_mode"
@@ -85,6 +87,8 @@ TABLE_TAGS = (
     Tag.VERSION,
     Tag.FID_FEATURES,
     Tag.TEACHER_MODE,
+    Tag.TORCH_FIDELITY,
+    Tag.FID_REFERENCE,
 )
 """The tags a leaderboard reads into columns (named by ``Tag.column``)."""
 
@@ -95,6 +99,7 @@ class Metric(StrEnum):
     FID = "fid"
     KID_MEAN = "kid_mean"
     KID_STD = "kid_std"
+    FID_BOOT_STD = "fid_boot_std"  # FID's sampling noise: bootstrap over generated samples
     ISC_MEAN = "isc_mean"
     ISC_STD = "isc_std"
     PRECISION = "precision"
@@ -116,6 +121,7 @@ TABLE_METRICS = (
     Metric.FID,
     Metric.KID_MEAN,
     Metric.KID_STD,
+    Metric.FID_BOOT_STD,
     Metric.ISC_MEAN,
     Metric.PRECISION,
     Metric.RECALL,
@@ -136,6 +142,14 @@ TRAIN_PREFIX = "train/"
 """Per-step loss terms are logged as ``train/<term>`` (e.g. ``train/loss``)."""
 
 STR_PARAMS = ("objective", "objective_spec", "teacher", "student", "backbone", "process", "dataset")
-INT_PARAMS = ("teacher_params", "student_params", "image_size", "seed", "steps", "batch_size")
+INT_PARAMS = (
+    "teacher_params",
+    "student_params",
+    "image_size",
+    "seed",
+    "steps",
+    "batch_size",
+    "num_samples",
+)
 FLOAT_PARAMS = ("lr",)
 """Params a leaderboard types (nullable Int64, float); the rest are read as strings."""

@@ -1,7 +1,19 @@
 """The training loop shared by teacher pretraining, assistant (TAKD) and student KD.
 
 One step: ``x0 -> process.training_example -> teacher/student forward (+ taps) ->
-lambda_diff * L_diff + objective terms -> AdamW step -> EMA update``.
+lambda_diff * L_diff + objective terms -> clip -> AdamW step -> EMA update``.
+
+Loss scale (``loss_reduction``): ``"mean"`` (default) averages every term over all
+elements.  ``"sum"`` trains as Diff-Pruning's code does (LIFT/PLACE Table 6/8 runs): the
+denoising loss and every objective on the prediction are summed over C*H*W and averaged
+over the batch, i.e. multiplied by C*H*W, so gradient clipping and Adam's epsilon act on
+the official scale.  Objectives on features (``needs_features``, e.g. ``featkd``) choose
+their own reduction (``featkd(reduction="sum")`` sums each layer over its C_l*H_l*W_l).
+``grad_clip_scope="model"`` clips the student's gradients only, as all three official
+codebases do (objective parameters such as FeatKD adapters are then stepped unclipped).
+Learning rate: ``"constant"`` (after the optional linear warm-up, unchanged) or
+``"cosine"`` from ``lr`` to ``lr_min`` over the run, computed by ``timm.scheduler``
+(TinyFusion: 2e-4 to 1e-4, no warm-up), with ``warmup_steps`` as timm's linear warm-up.
 
 Fairness: every random draw of a step (batch indices, noise, timesteps) is a function of
 ``(seed, step)`` alone (``StepRandomness``), so at the same seed every objective sees the
@@ -49,6 +61,10 @@ class LoopSettings:
     checkpoint_every: int = 250
     diverge_factor: float = 1e3
     precision: str = "auto"
+    loss_reduction: str = "mean"
+    grad_clip_scope: str = "all"
+    lr_schedule: str = "constant"
+    lr_min: float = 0.0
 
     @classmethod
     def from_section(cls, section: Any, **overrides: Any) -> LoopSettings:
@@ -302,6 +318,83 @@ class DivergenceMonitor:
             )
 
 
+def lr_setter(optimizer: torch.optim.Optimizer, settings: LoopSettings) -> Callable[[int], None]:
+    """A function ``step -> None`` that sets the learning rate of ``step`` (0-based).
+
+    ``constant``: ``lr`` after a linear warm-up ``lr * (step + 1) / warmup_steps``.
+    ``cosine``: timm's ``CosineLRScheduler`` evaluated at update ``step`` (the closed form
+    of ``torch.optim.lr_scheduler.CosineAnnealingLR`` that TinyFusion steps every
+    iteration): ``lr_min + (lr - lr_min) (1 + cos(pi step / steps)) / 2``, after timm's
+    linear warm-up from 0 when ``warmup_steps`` is set.  Both are functions of the step
+    alone, so a resumed run continues the schedule exactly.
+    """
+    if settings.lr_schedule == "cosine":
+        from timm.scheduler import CosineLRScheduler
+
+        for group in optimizer.param_groups:
+            group["lr"] = settings.lr
+        scheduler = CosineLRScheduler(
+            optimizer,
+            t_initial=max(1, settings.steps - settings.warmup_steps),
+            lr_min=settings.lr_min,
+            warmup_t=settings.warmup_steps,
+            warmup_lr_init=0.0,
+            warmup_prefix=True,
+            t_in_epochs=False,
+        )
+        return lambda step: scheduler.step_update(step)
+
+    def constant(step: int) -> None:
+        lr = (
+            settings.lr * min(1.0, (step + 1) / settings.warmup_steps)
+            if settings.warmup_steps
+            else settings.lr
+        )
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+    return constant
+
+
+def step_loss(
+    student: Outputs,
+    teacher: Outputs | None,
+    target: Tensor,
+    settings: LoopSettings,
+    objective: Combination | None,
+    step: int,
+) -> dict[str, Tensor]:
+    """The terms of one step: ``diff``, the objective's terms, ``kd`` and ``loss``.
+
+    ``loss = lambda_diff * diff + kd`` with ``kd = sum_k weight_k * loss_k``.  Under
+    ``loss_reduction="sum"`` ``diff`` and every objective that works on the prediction are
+    multiplied by C*H*W (sum over elements, mean over the batch, as Diff-Pruning); the
+    logged ``diff``, ``kd`` and ``<name>/loss`` are then the summed values.
+    """
+    diff = torch.mean((student.pred - target.float()) ** 2)
+    per_sample = student.pred[0].numel() if settings.loss_reduction == "sum" else 1
+    terms: dict[str, Tensor] = {"diff": diff * per_sample if per_sample != 1 else diff}
+    loss = settings.lambda_diff * terms["diff"]
+    if objective is not None and teacher is not None:
+        kd_terms = objective(
+            student=student, teacher=teacher, step=step, total_steps=settings.steps
+        )
+        for key, value in kd_terms.items():
+            terms[key if key != "loss" else "kd"] = value  # already "name/term"
+        if per_sample != 1:
+            kd = student.pred.new_zeros(())
+            for weight, part in zip(objective.weights, objective.parts):
+                key = f"{part.name}/loss"
+                if not part.needs_features:
+                    terms[key] = terms[key] * per_sample
+                if weight:
+                    kd = kd + weight * terms[key]
+            terms["kd"] = kd
+        loss = loss + terms["kd"]
+    terms["loss"] = loss
+    return terms
+
+
 def train(
     model: nn.Module,
     *,
@@ -343,9 +436,11 @@ def train(
             objective.setup(forward_student(first), teacher(first))
         teacher.seconds = 0.0
     params = list(model.parameters()) + (list(objective.parameters()) if kd else [])
+    clipped = params if settings.grad_clip_scope == "all" else list(model.parameters())
     optimizer = torch.optim.AdamW(
         params, lr=settings.lr, betas=tuple(settings.betas), weight_decay=settings.weight_decay
     )
+    set_lr = lr_setter(optimizer, settings)
     ema = make_ema(model, settings.ema_decay)
     start_step, extra = 0, {}
     if checkpoint is not None and checkpoint.exists():
@@ -376,31 +471,18 @@ def train(
                 _sync(device)
                 timed_from = time.perf_counter()
                 teacher_seconds_at_timing = teacher.seconds if teacher else 0.0
-            lr = (
-                settings.lr * min(1.0, (step + 1) / settings.warmup_steps)
-                if settings.warmup_steps
-                else settings.lr
-            )
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            set_lr(step)
             batch = batches(step)
             student_out = forward_student(batch)
-            diff = torch.mean((student_out.pred - batch.target.float()) ** 2)
-            terms: dict[str, Tensor] = {"diff": diff}
-            loss = settings.lambda_diff * diff
-            if kd:
-                teacher_out = teacher(batch)
-                kd_terms = objective(
-                    student=student_out, teacher=teacher_out, step=step, total_steps=settings.steps
-                )
-                for key, value in kd_terms.items():
-                    terms[key if key != "loss" else "kd"] = value  # already "name/term"
-                loss = loss + kd_terms["loss"]
-            terms["loss"] = loss
+            teacher_out = teacher(batch) if kd else None
+            terms = step_loss(
+                student_out, teacher_out, batch.target, settings, objective if kd else None, step
+            )
+            loss = terms["loss"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if settings.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
+                torch.nn.utils.clip_grad_norm_(clipped, settings.grad_clip)
             optimizer.step()
             ema.update_parameters(model)
             if timed_from is not None:

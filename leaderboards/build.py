@@ -6,13 +6,31 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.errors import TrackingError
+from harness.errors import KDBenchError, TrackingError
 from harness.schema import Kind
 from harness.tracking import mask_uri, resolve_uri
+from leaderboards import stats
 from leaderboards.load import load_runs, run_metadata
-from leaderboards.plots import plot_capacity_gap, plot_curves, plot_samples
+from leaderboards.plots import (
+    plot_capacity_gap,
+    plot_curves,
+    plot_forest,
+    plot_samples,
+    plot_slopes,
+)
 from leaderboards.render import render
 from leaderboards.tables import capacity_gap_table, compare, overhead_table, teacher_table
+from leaderboards.verdicts import (
+    baseline_table,
+    check_baseline,
+    noise_table,
+    pooled_table,
+    rank_table,
+    slope_table,
+)
+
+DEFAULT_BASELINE = "none"
+SLOPE_REFERENCE = "outkd"
 
 
 def _select(df: pd.DataFrame, name: str) -> pd.DataFrame:
@@ -36,13 +54,18 @@ def report(
     metric: str = "fid",
     compare_ids: tuple[str, str] | None = None,
     collapse_fid: float | None = None,
+    baseline: str | None = None,
+    alpha: float = stats.ALPHA,
 ) -> str:
-    """The whole leaderboard as one document; with ``plot_dir``, also the three figures.
+    """The whole leaderboard as one document; with ``plot_dir``, also the figures.
 
+    ``baseline`` (default ``none`` when it ran) is what the paired differences and pooled
+    verdicts compare against; ``alpha`` the level of every test and interval.
     ``compare_ids=(A, B)`` adds a table comparing grid (or experiment) A with B.  Plots
     without data (e.g. no lift/place runs, no sample artifacts) are skipped, and the
     metadata says so.
     """
+    check_alpha(alpha)
     uri = resolve_uri(uri)
     ids = list(grid_ids or [])
     if compare_ids and ids:
@@ -60,33 +83,59 @@ def report(
     main = df
     if compare_ids and grid_ids:
         main = df[df["grid_id"].isin(grid_ids)]
-    tables = [capacity_gap_table(main, metric, collapse_fid)]
     cells = main[main["kind"] == Kind.CELL] if "kind" in main else main
+    if baseline is not None:
+        check_baseline(main, baseline)
+    elif (cells[stats.KEY] == DEFAULT_BASELINE).any():
+        baseline = DEFAULT_BASELINE
+    tables = [capacity_gap_table(main, metric, collapse_fid, alpha)]
+    if baseline is not None:
+        tables += [baseline_table(main, metric, baseline, alpha)]
+        tables += [pooled_table(main, metric, baseline, alpha)]
+    tables += [slope_table(main, metric, SLOPE_REFERENCE, alpha), rank_table(main, metric, alpha)]
     if metric != "class_acc" and "class_acc" in cells and cells["class_acc"].notna().any():
         # Class-conditional grids: does the student draw the digit it was asked for?
-        tables.append(capacity_gap_table(main, "class_acc"))
+        tables.append(capacity_gap_table(main, "class_acc", alpha=alpha))
+    noise = noise_table(main, metric)
+    if noise is not None:
+        tables.append(noise)
     tables += [overhead_table(main), teacher_table(main)]
     if compare_ids:
         a, b = compare_ids
-        tables.append(compare(_select(df, a), _select(df, b), metric))
+        tables.append(compare(_select(df, a), _select(df, b), metric, alpha))
     metadata = run_metadata(main)
+    if baseline is None:
+        metadata["baseline"] = (
+            f"none: no {DEFAULT_BASELINE!r} runs; pass --baseline NAME for paired differences"
+        )
     if plot_dir is not None:
         folder = Path(plot_dir)
         written = [
             plot_capacity_gap(main, folder / f"capacity_gap_{metric}.png", metric, collapse_fid),
             plot_curves(uri, main, folder / "curves.png"),
             plot_samples(uri, main, folder / "samples.png"),
+            plot_forest(main, folder / f"forest_{metric}.png", metric, baseline, alpha)
+            if baseline is not None
+            else None,
+            plot_slopes(main, folder / f"slopes_{metric}.png", metric, alpha),
         ]
         reasons = (
             "capacity gap (no cell runs with a teacher size)",
             "curves (no lift/place term histories)",
             "samples (no samples.png artifacts)",
+            "forest (no seed-paired differences to a baseline)",
+            "slopes (fewer than two teacher sizes)",
         )
         skipped = [why for why, p in zip(reasons, written) if p is None]
         metadata["plots"] = ", ".join(str(p) for p in written if p is not None) or "none"
         if skipped:
             metadata["plots skipped"] = "; ".join(skipped)
     return render(tables, fmt, metadata)
+
+
+def check_alpha(alpha: float) -> None:
+    if not 0 < alpha < 1:
+        raise KDBenchError(f"alpha must be between 0 and 1 (exclusive), got {alpha:g}")
 
 
 def compare_report(
@@ -96,11 +145,13 @@ def compare_report(
     fmt: str = "text",
     metric: str = "fid",
     experiments: list[str] | None = None,
+    alpha: float = stats.ALPHA,
 ) -> str:
     """Grid (or experiment) ``a`` vs ``b`` on ``metric``: one table with deltas, rendered."""
+    check_alpha(alpha)
     uri = resolve_uri(uri)
     df = load_runs(uri, experiments)
     df_a, df_b = _select(df, a), _select(df, b)
     metadata = run_metadata(pd.concat([df_a, df_b]))
     metadata["tracking store"] = mask_uri(uri)
-    return render([compare(df_a, df_b, metric)], fmt, metadata)
+    return render([compare(df_a, df_b, metric, alpha)], fmt, metadata)

@@ -2,7 +2,7 @@
 
 Columns: run_id, run_name, experiment, experiment_id, mlflow_status, start_time, end_time;
 the ``kdbench.*`` tags without their prefix (kind, grid_id, grid_name, cell_id, status,
-git_commit, version, fid_features); every param (known numeric ones typed: nullable Int64
+git_commit, version, fid_features, teacher_mode, torch_fidelity, fid_reference); every param (known numeric ones typed: nullable Int64
 for counts and sizes, float for ``lr``; the rest strings); every metric's last value as
 float.  ``status`` falls back to MLflow's own status (lower case) when the tag is missing.
 A param whose name collides with a metric or tag column is stored as ``param:<name>``.
@@ -145,6 +145,15 @@ def _unique(series: pd.Series) -> str:
     return ", ".join(values) if values else "n/a"
 
 
+def _provenance(df: pd.DataFrame) -> str:
+    """torch-fidelity version, generated-sample counts and the reference set of the cells."""
+    cells = df[df["kind"] == Kind.CELL]
+    version = _unique(cells["torch_fidelity"])
+    samples = _unique(cells["num_samples"])
+    reference = _unique(cells["fid_reference"])
+    return f"torch-fidelity {version}; {samples} generated samples per run; reference: {reference}"
+
+
 def run_metadata(df: pd.DataFrame) -> dict[str, str]:
     """What a reader needs to trust a table: grids, commit, versions, data, FID, dates."""
     import mlflow
@@ -167,6 +176,7 @@ def run_metadata(df: pd.DataFrame) -> dict[str, str]:
         "dataset": _unique(df["dataset"])
         + (f" at {_unique(df['image_size'])} px" if df["image_size"].notna().any() else ""),
         "FID computed with": _unique(df["fid_features"]),
+        "metric provenance": _provenance(df),
         "runs": f"{len(cells)} cells ({status or 'none'}), {len(teachers)} teacher evaluations",
         "run dates": (f"{dates.min():%Y-%m-%d} .. {dates.max():%Y-%m-%d}" if len(dates) else "n/a"),
         "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -6,6 +6,10 @@
 - ``plot_curves``: the w, coarse and fine histories of lift/place runs (mean over seeds per
   objective and teacher); w rising from 0 to 1 is the paper's coarse-to-fine curriculum.
 - ``plot_samples``: the ``samples.png`` artifacts, objectives as rows, teachers as columns.
+- ``plot_forest``: each objective's seed-paired difference to the baseline with its
+  interval, per teacher and pooled (filled = significant after Holm, hollow = tie).
+- ``plot_slopes``: the capacity-gap slope per objective with its interval, and its
+  difference to OutKD's slope (``leaderboards.stats.slopes``).
 
 Each writes a PNG and returns its path, or returns None and writes nothing when the runs
 hold no such data (no cell runs with a teacher size, no lift/place histories, no samples).
@@ -28,6 +32,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator  # noqa: 
 
 from harness.schema import Kind, Status  # noqa: E402
 from harness.tracking import env_override  # noqa: E402
+from leaderboards import stats as st  # noqa: E402
 from leaderboards.tables import (  # noqa: E402
     cell_stats,
     format_params,
@@ -112,6 +117,7 @@ def plot_capacity_gap(
             style = dict(color=colors[objective], marker=MARKERS[i % len(MARKERS)])
             if objective == "none":
                 style.update(color="0.35", linestyle="--")
+            ok = ok & rows["valid"].to_numpy(dtype=bool)
             ax.errorbar(
                 x[ok],
                 rows["mean"].to_numpy()[ok],
@@ -330,4 +336,131 @@ def plot_samples(
                 if j == 0:
                     ax.set_ylabel(objective, rotation=0, ha="right", va="center")
         fig.subplots_adjust(wspace=0.05, hspace=0.08)
+        return _save(fig, path)
+
+
+def _teacher_shades(teachers: pd.DataFrame) -> dict:
+    return {
+        t: plt.get_cmap("viridis")(x)
+        for t, x in zip(teachers["teacher"], np.linspace(0.1, 0.8, max(len(teachers), 1)))
+    }
+
+
+def plot_forest(
+    df: pd.DataFrame, path, metric: str, baseline: str, alpha: float = st.ALPHA
+) -> Path | None:
+    """Difference to ``baseline`` with its interval, per objective: one line per teacher
+    (smallest on top) and the pooled estimate (black diamond)."""
+    cells = df[df["kind"] == Kind.CELL]
+    hib = higher_is_better(metric)
+    diffs = st.baseline_differences(cells, metric, baseline, hib, alpha)
+    diffs = diffs[np.isfinite(diffs["diff"].to_numpy(dtype=float))]
+    if diffs.empty:
+        return None
+    pooled = st.pooled(cells, metric, baseline, hib, alpha)
+    teachers = teacher_order(cells)
+    shade = _teacher_shades(teachers)
+    labels = dict(zip(teachers["teacher"], teachers["label"]))
+    objectives = [o for o in objective_order(diffs.index.get_level_values(0)) if o != baseline]
+    lines = []  # (y, objective, teacher or None, row)
+    y = 0.0
+    ticks, names = [], []
+    for objective in objectives:
+        start = y
+        for teacher in teachers["teacher"]:
+            if (objective, teacher) in diffs.index:
+                lines.append((y, teacher, diffs.loc[(objective, teacher)]))
+                y += 1
+        if objective in pooled.index and np.isfinite(pooled.loc[objective, "diff"]):
+            lines.append((y, None, pooled.loc[objective]))
+            y += 1
+        ticks.append((start + y - 1) / 2)
+        names.append(objective)
+        y += 0.8
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(4.6, 0.22 * y + 0.9))
+        ax.axvline(0, color="0.3", linewidth=0.8)
+        for yy, teacher, r in lines:
+            color = "black" if teacher is None else shade[teacher]
+            marker = "D" if teacher is None else "o"
+            significant = r["verdict"] in ("better", "worse")
+            lo, hi = r["low"], r["high"]
+            if np.isfinite(lo) and np.isfinite(hi):
+                ax.plot([lo, hi], [yy, yy], color=color, linewidth=1.2, solid_capstyle="butt")
+            ax.plot(
+                r["diff"],
+                yy,
+                marker,
+                color=color,
+                markerfacecolor=color if significant else "white",
+                markeredgewidth=1.1,
+            )
+        handles = [
+            plt.Line2D([], [], color=shade[t], marker="o", linestyle="-", label=labels[t])
+            for t in teachers["teacher"]
+        ]
+        handles.append(plt.Line2D([], [], color="black", marker="D", label="pooled"))
+        handles.append(
+            plt.Line2D(
+                [], [], color="0.4", marker="o", markerfacecolor="white", linestyle="", label="tie"
+            )
+        )
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+        ax.set_yticks(ticks, names)
+        ax.tick_params(axis="y", length=0)
+        ax.invert_yaxis()
+        ax.grid(axis="y", visible=False)
+        arrow = "→ better" if hib else "← better"
+        ax.set_xlabel(
+            f"{METRIC_LABELS.get(metric, metric)} − {baseline} ({100 * (1 - alpha):g}% CI; {arrow})"
+        )
+        return _save(fig, path)
+
+
+def plot_slopes(df: pd.DataFrame, path, metric: str, alpha: float = st.ALPHA) -> Path | None:
+    """Slope per decade of teacher parameters with its interval (left) and its difference
+    to OutKD's slope (right, when OutKD ran)."""
+    cells = df[df["kind"] == Kind.CELL]
+    hib = higher_is_better(metric)
+    slopes = st.slopes(cells, metric, hib, "outkd", alpha)
+    slopes = slopes[np.isfinite(slopes["slope"].to_numpy(dtype=float))]
+    if slopes.empty:
+        return None
+    objectives = objective_order(slopes.index)
+    slopes = slopes.reindex(objectives)
+    has_ref = slopes["diff_vs_ref"].notna().any()
+    colors = _colors(objectives)
+    panels = [("slope", "low", "high", "slope per 10x teacher")]
+    if has_ref:
+        panels.append(("diff_vs_ref", "diff_low", "diff_high", "slope − outkd's slope"))
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(
+            1,
+            len(panels),
+            figsize=(2.6 * len(panels) + 1.0, 0.28 * len(objectives) + 1.0),
+            sharey=True,
+            squeeze=False,
+        )
+        ys = np.arange(len(objectives))
+        for ax, (col, lo, hi, title) in zip(axes[0], panels):
+            ax.axvline(0, color="0.3", linewidth=0.8)
+            for yy, objective in zip(ys, objectives):
+                r = slopes.loc[objective]
+                if not np.isfinite(r[col]):
+                    continue
+                color = "0.35" if objective == "none" else colors[objective]
+                if np.isfinite(r[lo]) and np.isfinite(r[hi]):
+                    ax.plot([r[lo], r[hi]], [yy, yy], color=color, linewidth=1.3)
+                ax.plot(r[col], yy, "o", color=color)
+            ax.set_title(title)
+            ax.grid(axis="y", visible=False)
+        axes[0][0].set_yticks(ys, objectives)
+        axes[0][0].invert_yaxis()
+        arrow = "↑" if hib else "↓"
+        fig.supxlabel(
+            f"{METRIC_LABELS.get(metric, metric)} {arrow} change per 10x teacher parameters "
+            f"({100 * (1 - alpha):g}% CI over seeds)",
+            fontsize=7,
+        )
+        fig.tight_layout()
         return _save(fig, path)

@@ -4,10 +4,14 @@
   Table 6 in LIFT and PLACE, Han et al., CVPR 2026).  Only finished runs enter the means; the
   std is the sample std (ddof=1, blank for one seed).  Diverged runs are counted in the
   collapse column, with finished runs whose FID exceeds ``collapse_fid`` (those stay in the
-  means: they are measured results).
+  means: they are measured results).  A cell with more than one diverged seed is invalid
+  (MLPerf's rule): shown as such, not averaged over its survivors.  The marked cells are the
+  tie group of each teacher: the best mean and every objective a seed-paired test cannot
+  separate from it (``leaderboards.stats.tie_groups``).
 - ``overhead_table``: iter/s and peak memory per objective, relative to outkd (Table 9).
 - ``teacher_table``: each teacher's size and quality.
-- ``compare``: one metric of two grids side by side with deltas.
+- ``compare``: one metric of two grids side by side with deltas, paired intervals over
+  shared seeds (or Welch's when the grids cannot be paired) and tie marking.
 
 Every function returns a ``Table``: a numeric frame for code and tests, a display frame of
 strings, notes, and the display cells to highlight as best.
@@ -23,6 +27,7 @@ import pandas as pd
 
 from harness.errors import KDBenchError
 from harness.schema import DONE, Kind, Status
+from leaderboards import stats
 
 LOWER_IS_BETTER = {
     "fid",
@@ -159,6 +164,7 @@ def cell_stats(
     """Per (objective, teacher): mean, std, n over finished seeds; diverged and collapsed.
 
     ``collapsed`` = diverged runs + finished runs with ``fid > collapse_fid`` (when given).
+    ``valid`` is False when more than one seed diverged; mean and std are then NaN.
     """
     _check_metric(df, metric)
     cells = _cells(df)
@@ -171,6 +177,9 @@ def cell_stats(
         if collapse_fid is not None:
             high = int((finished["fid"].to_numpy(dtype=float) > collapse_fid).sum())
         params = pd.to_numeric(group["teacher_params"], errors="coerce").median()
+        valid = diverged <= 1
+        if not valid:
+            mean = std = math.nan
         rows.append(
             {
                 "objective": objective,
@@ -183,6 +192,7 @@ def cell_stats(
                 "collapsed": diverged + high,
                 "judged": n + diverged,
                 "missing_metric": int(len(finished) - n),
+                "valid": valid,
             }
         )
     cols = [
@@ -196,6 +206,7 @@ def cell_stats(
         "collapsed",
         "judged",
         "missing_metric",
+        "valid",
     ]
     return pd.DataFrame(rows, columns=cols).set_index(["objective", "teacher"])
 
@@ -217,15 +228,24 @@ def _direction(metric: str) -> str:
 
 
 def capacity_gap_table(
-    df: pd.DataFrame, metric: str = "fid", collapse_fid: float | None = None
+    df: pd.DataFrame,
+    metric: str = "fid",
+    collapse_fid: float | None = None,
+    alpha: float = stats.ALPHA,
 ) -> Table:
-    """Objectives (rows, ``none`` first) x teachers (columns, by parameter count)."""
-    stats = cell_stats(df, metric, collapse_fid)
+    """Objectives (rows, ``none`` first) x teachers (columns, by parameter count).
+
+    The marked cells of a teacher are its tie group at level ``alpha``.
+    """
+    cell = cell_stats(df, metric, collapse_fid)
     teachers = teacher_order(_cells(df))
-    objectives = objective_order(stats.index.get_level_values("objective"))
+    objectives = objective_order(cell.index.get_level_values("objective"))
     labels = dict(zip(teachers["teacher"], teachers["label"]))
-    data = stats.copy()
-    data["best"] = False
+    data = cell.copy()
+    ties = stats.tie_groups(_cells(df), metric, higher_is_better(metric), alpha)
+    data["best"] = ties["best"].reindex(data.index).fillna(False).astype(bool)
+    data["tied"] = ties["tied"].reindex(data.index).fillna(False).astype(bool)
+    data["p_vs_best"] = ties["p_holm"].reindex(data.index)
     display = pd.DataFrame(
         index=pd.Index(objectives, name="objective"),
         columns=list(teachers["label"]) + ["collapse"],
@@ -236,27 +256,32 @@ def capacity_gap_table(
         column = labels[teacher]
         for objective in objectives:
             key = (objective, teacher)
-            if key in stats.index:
-                s = stats.loc[key]
-                display.loc[objective, column] = format_cell(
-                    s["mean"], s["std"], int(s["n"]), metric
-                )
-            else:
+            if key not in cell.index:
                 display.loc[objective, column] = ""
-        in_column = stats.xs(teacher, level="teacher")["mean"]
-        for objective in _best_rows(in_column, metric):
-            data.loc[(objective, teacher), "best"] = True
-            best.add((objective, column))
+                continue
+            s = cell.loc[key]
+            if not s["valid"]:
+                display.loc[objective, column] = (
+                    f"invalid ({int(s['diverged'])}/{int(s['judged'])} diverged)"
+                )
+                continue
+            display.loc[objective, column] = format_cell(s["mean"], s["std"], int(s["n"]), metric)
+            if data.loc[key, "tied"]:
+                best.add((objective, column))
     for objective in objectives:
-        rows = stats.xs(objective, level="objective")
+        rows = cell.xs(objective, level="objective")
         display.loc[objective, "collapse"] = (
             f"{int(rows['collapsed'].sum())}/{int(rows['judged'].sum())}"
         )
+    seeds = int(cell["n"].max()) if len(cell) else 0
     notes = [
-        f"{metric}: mean ± std (n) over seeds of finished runs (sample std, ddof=1); "
-        f"best per teacher ({_direction(metric)}) marked.",
+        f"{metric}: mean ± std (n) over seeds of finished runs (sample std, ddof=1). "
+        f"Marked per teacher: the best mean ({_direction(metric)}) and every objective a "
+        f"paired t test against it cannot separate (Holm over the objectives, α = {alpha:g}, "
+        f"n ≤ {seeds} seed pairs); fewer than 2 pairs cannot separate.",
         "Diverged runs are left out of the means and counted in 'collapse' "
-        "(collapsed/judged runs).",
+        "(collapsed/judged runs); a cell with more than one diverged seed is invalid "
+        "(MLPerf's rule) and not averaged over its survivors.",
     ]
     if collapse_fid is not None:
         notes.append(
@@ -271,7 +296,7 @@ def capacity_gap_table(
     if len(other):
         counts = ", ".join(f"{n} {s}" for s, n in other["status"].value_counts().items())
         notes.append(f"Left out (not a result): {counts}.")
-    missing = int(stats["missing_metric"].sum())
+    missing = int(cell["missing_metric"].sum())
     if missing:
         notes.append(f"{missing} finished runs have no finite {metric}; they are left out.")
     odd = teachers[~teachers["consistent"]]
@@ -416,8 +441,41 @@ def _grid_label(df: pd.DataFrame, fallback: str) -> str:
     return "+".join(ids) if ids else fallback
 
 
-def compare(df_a: pd.DataFrame, df_b: pd.DataFrame, metric: str = "fid") -> Table:
-    """``metric`` of two grids per (objective, teacher), with delta = B − A (and in %)."""
+PAIRING_PARAMS = ("dataset", "image_size", "batch_size")
+
+
+def pairable(df_a: pd.DataFrame, df_b: pd.DataFrame) -> tuple[bool, str]:
+    """Whether two grids' cells at one seed saw the same batches and noise, and why not."""
+    for col in PAIRING_PARAMS:
+        if col not in df_a or col not in df_b:
+            return False, f"no {col} recorded"
+        va = {str(v) for v in _cells(df_a)[col].dropna()}
+        vb = {str(v) for v in _cells(df_b)[col].dropna()}
+        if va != vb or len(va) != 1:
+            return False, f"{col} differs ({', '.join(sorted(va))} vs {', '.join(sorted(vb))})"
+    return True, ""
+
+
+def format_interval(diff: float, low: float, high: float, metric: str, signed=True) -> str:
+    """``-11.60 [-19.03, -4.21]``; the difference alone without an interval."""
+    if not np.isfinite(diff):
+        return "–"
+    fmt = (lambda x: ("+" if x > 0 else "") + format_value(x, metric)) if signed else None
+    fmt = fmt or (lambda x: format_value(x, metric))
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return fmt(diff)
+    return f"{fmt(diff)} [{fmt(low)}, {fmt(high)}]"
+
+
+def compare(
+    df_a: pd.DataFrame, df_b: pd.DataFrame, metric: str = "fid", alpha: float = stats.ALPHA
+) -> Table:
+    """``metric`` of two grids per (objective, teacher): delta = B − A with an interval.
+
+    Paired over the seeds both grids ran when they share >= 2 seeds and the same data and
+    batch settings (their batches and noise are then the same); Welch's unpaired interval
+    otherwise.  The test column says which.  Verdicts are Holm-corrected over the rows.
+    """
     a = cell_stats(df_a, metric)
     b = cell_stats(df_b, metric)
     label_a, label_b = _grid_label(df_a, "A"), _grid_label(df_b, "B")
@@ -439,6 +497,31 @@ def compare(df_a: pd.DataFrame, df_b: pd.DataFrame, metric: str = "fid") -> Tabl
     data["_o"] = data["objective"].map({o: i for i, o in enumerate(objectives)})
     data = data.sort_values(["_o", "teacher_params", "teacher"]).drop(columns="_o")
     data = data.set_index(["objective", "teacher"])
+
+    can_pair, why_not = pairable(df_a, df_b)
+    values_a = stats.seed_values(_cells(df_a), metric)
+    values_b = stats.seed_values(_cells(df_b), metric)
+    results = []
+    for key in data.index:
+        va = values_a.loc[key] if key in values_a.index else pd.Series(dtype=float)
+        vb = values_b.loc[key] if key in values_b.index else pd.Series(dtype=float)
+        va, vb = va[np.isfinite(va)], vb[np.isfinite(vb)]
+        shared = va.index.intersection(vb.index)
+        if can_pair and len(shared) >= 2:
+            res = stats.paired_difference(vb[shared], va[shared], alpha)
+            res["test"] = f"paired, n={res['n']}"
+        else:
+            res = stats.unpaired_difference(vb, va, alpha)
+            res["test"] = f"Welch, n={len(va)}+{len(vb)}" if len(va) and len(vb) else "–"
+        results.append(res)
+    for col in ("low", "high", "p_t"):
+        data[col] = [r[col] for r in results]
+    data["test"] = [r["test"] for r in results]
+    data["p_holm"] = stats.holm(data["p_t"].to_numpy(dtype=float))
+    data["verdict"] = [
+        stats.verdict(d, p, alpha, higher_is_better(metric))
+        for d, p in zip(data["delta"], data["p_holm"])
+    ]
     rows = []
     for (objective, teacher), r in data.iterrows():
         rows.append(
@@ -453,22 +536,42 @@ def compare(df_a: pd.DataFrame, df_b: pd.DataFrame, metric: str = "fid") -> Tabl
                 else "",
                 "Δ (B − A)": format_value(r["delta"], metric) if np.isfinite(r["delta"]) else "–",
                 "Δ %": _signed_pct(r["delta_pct"]),
+                f"{100 * (1 - alpha):g}% CI": format_interval(
+                    r["delta"], r["low"], r["high"], metric
+                )
+                if np.isfinite(r["low"])
+                else "–",
+                "test": r["test"],
+                "verdict": {"better": "B better", "worse": "A better"}.get(
+                    r["verdict"], r["verdict"]
+                ),
             }
         )
-    display = pd.DataFrame(
-        rows, columns=["objective", "teacher", label_a, label_b, "Δ (B − A)", "Δ %"]
-    )
+    ci = f"{100 * (1 - alpha):g}% CI"
+    columns = ["objective", "teacher", label_a, label_b, "Δ (B − A)", "Δ %", ci, "test", "verdict"]
+    display = pd.DataFrame(rows, columns=columns)
     display.index = [f"{o} / {t}" for o, t in zip(display["objective"], display["teacher"])]
     display = display.drop(columns=["objective", "teacher"])
     display.index.name = "objective / teacher"
     best = set()
     for key, (_, r) in zip(display.index, data.iterrows()):
-        if np.isfinite(r["delta"]) and r["delta"] != 0:
-            better_b = (r["delta"] > 0) == higher_is_better(metric)
+        if r["verdict"] == "tie":
+            best |= {(key, label_a), (key, label_b)}
+        elif r["verdict"] in ("better", "worse"):
+            better_b = r["verdict"] == "better"
             best.add((key, label_b if better_b else label_a))
+    pairing = (
+        "paired over the seeds both grids ran (same data and batch settings: same batches "
+        "and noise)"
+        if can_pair
+        else f"unpaired (Welch): the grids cannot be paired, {why_not}"
+    )
     notes = [
-        f"{metric}: mean ± std (n) over seeds of finished runs; Δ = B − A of the means; "
-        f"the better grid per row is marked ({_direction(metric)} is better)."
+        f"{metric}: mean ± std (n) over seeds of finished runs; Δ = B − A of the means, "
+        f"{pairing}; rows with fewer than 2 shared seeds fall back to Welch.",
+        f"Marked: the better grid when the t test is significant after Holm over the rows "
+        f"(α = {alpha:g}, {_direction(metric)} is better), both grids when they tie, "
+        "neither without a test (fewer than 2 runs).",
     ]
     return Table(
         title=f"Compare {metric}: {label_a} vs {label_b}",

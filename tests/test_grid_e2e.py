@@ -157,6 +157,11 @@ def test_one_cell_grid_leaves_a_complete_run(space, one_cell):
     ):
         assert key in m, f"{key} missing: {sorted(m)}"
     assert m["fid"] > 0 and m["isc_mean"] >= 1 and m["iter_per_s"] > 0 and m["peak_mem_mb"] > 0
+    assert m["fid_boot_std"] > 0  # the run's evaluation noise, apart from seed noise
+    import torch_fidelity
+
+    assert tags["kdbench.torch_fidelity"] == torch_fidelity.__version__
+    assert tags["kdbench.fid_reference"].startswith("digits training images (")
     assert 0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1
     assert m["class_acc"] * 50 == pytest.approx(round(m["class_acc"] * 50))  # k of 50 samples
     # Artifacts: the sample grid (50 samples of 16x16, 10 a row, 1 px padding) and config.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.stats
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from PIL import Image
@@ -73,6 +75,8 @@ def _common(grid):
         "kdbench.git_commit": "abc1234",
         "kdbench.version": "0.1.0",
         "kdbench.fid_features": "digit classifier (111k params), 64-d penultimate",
+        "kdbench.torch_fidelity": "0.4.0",
+        "kdbench.fid_reference": "digits training images (1437 at 16 px)",
     }
 
 
@@ -105,6 +109,8 @@ def _fill(client, experiment, grid, seed, objectives, teachers, images=True):
                     "iter_per_s": SPEED[objective] * (1 + 0.01 * s),
                     "peak_mem_mb": MEMORY[objective] + s,
                     "kid_mean": fid / 1000,
+                    "kid_std": 0.0005,
+                    "fid_boot_std": 1.0 + 0.5 * s,  # evaluation noise, known per seed
                     "class_acc": 1 - fid / 200,
                 }
                 if status == "finished":
@@ -139,6 +145,7 @@ def _fill(client, experiment, grid, seed, objectives, teachers, images=True):
                     "steps": 100,
                     "batch_size": 64,
                     "lr": 2e-4,
+                    "num_samples": 500,
                 }
                 tags = {
                     **_common(grid),
@@ -187,6 +194,41 @@ def _expected(truth, objective, teacher):
     )
     v = np.array(fids)
     return v.mean(), (v.std(ddof=1) if len(v) > 1 else np.nan), len(v), diverged
+
+
+def _tie_group(truth, teacher, alpha=0.05):
+    """The best-mean objective and those a Holm-corrected paired t test cannot separate."""
+    by_seed = {
+        o: {
+            s: fid
+            for (oo, t, s), (st, fid) in truth.items()
+            if (oo, t) == (o, teacher) and st == "finished"
+        }
+        for o in OBJECTIVES
+    }
+    means = {o: np.mean(list(v.values())) for o, v in by_seed.items() if v}
+    best = min(means, key=means.get)
+    others, pvalues = [], []
+    for o in means:
+        if o == best:
+            continue
+        shared = sorted(set(by_seed[o]) & set(by_seed[best]))
+        others.append(o)
+        pvalues.append(
+            scipy.stats.ttest_rel(
+                [by_seed[o][s] for s in shared], [by_seed[best][s] for s in shared]
+            ).pvalue
+            if len(shared) >= 2
+            else np.nan
+        )
+    tied = {best} | {o for o, p in zip(others, pvalues) if np.isnan(p)}  # no test: tied
+    tested = sorted((p, o) for o, p in zip(others, pvalues) if not np.isnan(p))
+    running = 0.0
+    for rank, (p, o) in enumerate(tested):  # Holm's step-down over the tests made
+        running = max(running, (len(tested) - rank) * p)
+        if running >= alpha:
+            tied.add(o)
+    return tied
 
 
 # ---------------------------------------------------------------------------- load_runs
@@ -253,8 +295,9 @@ def test_capacity_gap_layout_and_best(store, runs_a):
         means = {o: _expected(store["a"], o, teacher)[0] for o in OBJECTIVES}
         winner = min(means, key=means.get)
         assert (winner, column) in table.best
-        assert sum(1 for (_, c) in table.best if c == column) == 1
+        assert {o for (o, c) in table.best if c == column} == _tie_group(store["a"], teacher)
         assert bool(table.data.loc[(winner, teacher), "best"])
+        assert table.data.xs(teacher, level="teacher")["best"].sum() == 1
     # Higher is better for class accuracy: the winner is the argmax instead.
     acc = lb.capacity_gap_table(runs_a, metric="class_acc")
     means = {
@@ -349,11 +392,105 @@ def test_compare_deltas(store):
     # Cells only grid A has keep A's value and no delta.
     assert np.isnan(table.data.loc[("place+featkd", "prune0.5"), "delta"])
     assert table.data.loc[("place+featkd", "prune0.5"), "b_n"] == 0
-    assert list(table.display.columns) == ["g1", "g2", "Δ (B − A)", "Δ %"]
+    assert list(table.display.columns) == [
+        "g1",
+        "g2",
+        "Δ (B − A)",
+        "Δ %",
+        "95% CI",
+        "test",
+        "verdict",
+    ]
+    # Same data and batch settings: paired over the seeds both grids finished.
+    for objective, teacher in [("place", "base"), ("outkd", "base"), ("none", "prune0.7")]:
+        seeds = [
+            s
+            for s in SEEDS
+            if store["a"][(objective, teacher, s)][0] == "finished"
+            and store["b"][(objective, teacher, s)][0] == "finished"
+        ]
+        fa = [store["a"][(objective, teacher, s)][1] for s in seeds]
+        fb = [store["b"][(objective, teacher, s)][1] for s in seeds]
+        ci = scipy.stats.ttest_rel(fb, fa).confidence_interval(0.95)
+        row = table.data.loc[(objective, teacher)]
+        assert row["test"] == f"paired, n={len(seeds)}"
+        assert (row["low"], row["high"]) == pytest.approx((ci.low, ci.high), rel=1e-9)
+    # Different batch settings: Welch's unpaired interval over all finished seeds.
+    b_other = b.copy()
+    b_other["batch_size"] = 128
+    welch = lb.compare(a, b_other)
+    fa = [f for (o, t, _), (st, f) in store["a"].items() if (o, t) == ("place", "base")]
+    fb = [f for (o, t, _), (st, f) in store["b"].items() if (o, t) == ("place", "base")]
+    ci = scipy.stats.ttest_ind(fb, fa, equal_var=False).confidence_interval(0.95)
+    row = welch.data.loc[("place", "base")]
+    assert row["test"] == "Welch, n=3+3"
+    assert (row["low"], row["high"]) == pytest.approx((ci.low, ci.high), rel=1e-9)
+    assert any("unpaired (Welch)" in n and "batch_size differs" in n for n in welch.notes)
     assert table.display.index[0] == "none / prune0.7 (0.4M)"
     ma = _expected(store["a"], "outkd", "base")[0]
     mb = _expected(store["b"], "outkd", "base")[0]
     assert ("outkd / base (2.2M)", "g2" if mb < ma else "g1") in table.best
+
+
+def _finished_by_seed(truth, objective, teacher):
+    return {
+        s: fid
+        for (o, t, s), (st, fid) in truth.items()
+        if (o, t) == (objective, teacher) and st == "finished"
+    }
+
+
+def test_baseline_differences_on_a_store_match_scipy(store, runs_a):
+    table = lb.baseline_table(runs_a, "fid", "none")
+    assert table.display.index.tolist() == ["outkd", "place", "place+featkd"]
+    pvalues = {}
+    for objective in ["outkd", "place", "place+featkd"]:
+        for teacher in TEACHERS:
+            x = _finished_by_seed(store["a"], objective, teacher)
+            y = _finished_by_seed(store["a"], "none", teacher)
+            seeds = sorted(set(x) & set(y))
+            res = scipy.stats.ttest_rel([x[s] for s in seeds], [y[s] for s in seeds])
+            ci = res.confidence_interval(0.95)
+            row = table.data.loc[(objective, teacher)]
+            assert row["n"] == len(seeds)
+            assert row["diff"] == pytest.approx(np.mean([x[s] - y[s] for s in seeds]))
+            assert (row["low"], row["high"]) == pytest.approx((ci.low, ci.high), rel=1e-9)
+            assert row["p_t"] == pytest.approx(res.pvalue, rel=1e-9)
+            pvalues[(objective, teacher)] = res.pvalue
+    # Holm over the objectives of each teacher, and the verdicts that follow.
+    for teacher in TEACHERS:
+        keys = sorted((k for k in pvalues if k[1] == teacher), key=pvalues.get)
+        running = 0.0
+        for rank, key in enumerate(keys):
+            running = max(running, (len(keys) - rank) * pvalues[key])
+            row = table.data.loc[key]
+            assert row["p_holm"] == pytest.approx(min(running, 1.0))
+            expected = "tie" if running >= 0.05 else ("better" if row["diff"] < 0 else "worse")
+            assert row["verdict"] == expected
+    # outkd/base lost seed 2 (diverged): two pairs, and the cell says so.
+    assert table.display.loc["outkd", "base (2.2M)"].endswith("(n=2)")
+    with pytest.raises(KDBenchError, match=r"unknown baseline 'nope'.*valid: none, outkd"):
+        lb.report(store["uri"], experiments=["grid-a"], baseline="nope")
+    with pytest.raises(KDBenchError, match="alpha must be between 0 and 1"):
+        lb.report(store["uri"], experiments=["grid-a"], alpha=1.5)
+
+
+def test_noise_table_and_provenance(runs_a):
+    table = lb.noise_table(runs_a, "fid")
+    finished = runs_a[(runs_a["kind"] == "cell") & (runs_a["status"] == "finished")]
+    for objective in OBJECTIVES:
+        group = finished[finished["objective"] == objective]
+        boot = 1.0 + 0.5 * group["seed"].astype(float)
+        assert table.data.loc[objective, "eval_std"] == pytest.approx(np.sqrt((boot**2).mean()))
+        seed_var = group.groupby("teacher")["fid"].var(ddof=1).mean()
+        assert table.data.loc[objective, "seed_std"] == pytest.approx(np.sqrt(seed_var))
+    assert table.display.loc["place", "KID (mean ± std)"].endswith("± 0.0005")
+    assert lb.noise_table(runs_a.drop(columns=["fid_boot_std"]), "fid") is None
+    meta = lb.run_metadata(runs_a)
+    assert meta["metric provenance"] == (
+        "torch-fidelity 0.4.0; 500 generated samples per run; "
+        "reference: digits training images (1437 at 16 px)"
+    )
 
 
 # ---------------------------------------------------------------------------- rendering
@@ -407,6 +544,27 @@ def test_render_formats(store, runs_a):
     csv = lb.render([table, lb.overhead_table(runs_a)], "csv", meta)
     parsed = lb.read_csv_tables(csv)
     assert list(parsed) == [table.title, "Training overhead per objective"]
+    # The statistical tables render in every format; CSV keeps their numbers.
+    stat_tables = [
+        lb.baseline_table(runs_a, "fid", "none"),
+        lb.pooled_table(runs_a, "fid", "none"),
+        lb.slope_table(runs_a, "fid"),
+        lb.rank_table(runs_a, "fid"),
+        lb.noise_table(runs_a, "fid"),
+    ]
+    for fmt in ("text", "md", "html"):
+        out = lb.render(stat_tables, fmt, meta)
+        for t in stat_tables:
+            assert t.title in out or html.escape(t.title) in out
+            cell = str(t.display.iloc[0, 0])
+            assert cell in out or html.escape(cell) in out
+    back = lb.read_csv_tables(lb.render(stat_tables, "csv", meta))
+    diffs = back[stat_tables[0].title].set_index(["objective", "teacher"])
+    pd.testing.assert_series_equal(
+        diffs["p_exact"], stat_tables[0].data["p_exact"], check_names=False
+    )
+    slopes = back[stat_tables[2].title].set_index("objective")
+    np.testing.assert_allclose(slopes["slope"], stat_tables[2].data["slope"])
     back = parsed[table.title].set_index(["objective", "teacher"])
     pd.testing.assert_series_equal(back["mean"], table.data["mean"], check_names=False)
     assert back["n"].tolist() == table.data["n"].tolist()
@@ -442,12 +600,22 @@ def test_plots_write_pngs(store, runs_a, tmp_path):
 
 def test_report_end_to_end(store, tmp_path):
     text = lb.report(store["uri"], experiments=["grid-a"], fmt="md", plot_dir=tmp_path)
-    for title in ["Capacity gap: fid", "Training overhead", "Teachers"]:
+    for title in [
+        "Capacity gap: fid",
+        "Difference to none: fid (seed-paired, 95% CI)",
+        "Pooled over teachers: fid vs none",
+        "Capacity-gap slope: fid",
+        "Ranks: fid",
+        "Training overhead",
+        "Teachers",
+    ]:
         assert title in text
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "capacity_gap_fid.png",
         "curves.png",
+        "forest_fid.png",
         "samples.png",
+        "slopes_fid.png",
     ]
     both = lb.report(store["uri"], fmt="text", compare_ids=("g1", "g2"))
     assert "Compare fid: g1 vs g2" in both
@@ -456,3 +624,19 @@ def test_report_end_to_end(store, tmp_path):
     assert "# table: Compare fid" in cmp
     with pytest.raises(TrackingError, match="no kdbench runs .* grids nope"):
         lb.report(store["uri"], grid_ids=["nope"])
+
+
+def test_cli_baseline_alpha_and_bad_baseline(store):
+    from click.testing import CliRunner
+
+    from harness.cli import cli
+
+    args = ["leaderboard", "--tracking-uri", store["uri"], "--experiment", "grid-a"]
+    ok = CliRunner().invoke(cli, [*args, "--baseline", "outkd", "--alpha", "0.1"])
+    assert ok.exit_code == 0, ok.output
+    assert "Difference to outkd: fid (seed-paired, 90% CI)" in ok.output
+    assert "Pooled over teachers: fid vs outkd" in ok.output
+    bad = CliRunner().invoke(cli, [*args, "--baseline", "nope"])
+    assert bad.exit_code == 2
+    assert bad.output.strip().splitlines()[-1].startswith("kdbench: error: unknown baseline 'nope'")
+    assert "Traceback" not in bad.output

@@ -111,6 +111,30 @@ def test_kid_matches_an_independent_unbiased_mmd(digits):
     assert got["kid_std"] == 0.0  # one subset covers both sets whole
 
 
+def test_fid_bootstrap_std_matches_an_independent_resampling(digits, real_scores):
+    gen, _, ref, _ = digits
+    got = compute_metrics(gen, ref, feature_extractor=EXTRACTOR, metrics=("fid",), fid_bootstrap=8)
+    assert set(got) == {"fid", "fid_boot_std"}
+    assert got["fid"] == pytest.approx(real_scores["fid"], rel=1e-9)  # FID itself unchanged
+    a, b = _embed(gen), _embed(ref)
+    mu_b, cov_b = b.mean(0), np.cov(b, rowvar=False)
+    rng = np.random.default_rng(metrics.FID_BOOTSTRAP_SEED)
+    values = []
+    for _ in range(8):
+        x = a[rng.integers(0, len(a), len(a))]
+        covmean = scipy.linalg.sqrtm(np.cov(x, rowvar=False) @ cov_b).real
+        values.append(
+            ((x.mean(0) - mu_b) ** 2).sum()
+            + np.trace(np.cov(x, rowvar=False) + cov_b - 2 * covmean)
+        )
+    assert got["fid_boot_std"] == pytest.approx(np.std(values, ddof=1), rel=1e-2)
+    # Fewer generated samples, more sampling noise.
+    few = compute_metrics(
+        gen[:60], ref, feature_extractor=EXTRACTOR, metrics=("fid",), fid_bootstrap=8
+    )
+    assert few["fid_boot_std"] > got["fid_boot_std"] > 0
+
+
 def test_all_keys_present_sane_and_deterministic(digits, real_scores):
     gen, _, ref, _ = digits
     assert set(real_scores) == {

@@ -102,11 +102,15 @@ class UNetModel(ConditionedModel):
         labels = class_labels(cond, self.num_classes, b, x_t.device, "unet")
         return self.inner(x_t, timesteps(t, b, x_t.device), class_labels=labels).sample
 
+    def extra_tap_sets(self) -> dict[str, list[str]]:
+        return {"submodules": unet_submodule_taps(self.inner)}
+
 
 class UNetBackbone(Backbone):
     """DDPM U-Net (diffusers UNet2DModel), from ~45k to 78.7M parameters."""
 
     name: ClassVar[str] = "unet"
+    tap_sets: ClassVar[tuple[str, ...]] = ("blocks", "submodules")
     default_process: ClassVar[str] = "ddpm"
     default_preset: ClassVar[str] = "s"
     presets: ClassVar[dict[str, dict[str, Any]]] = PRESETS
@@ -191,6 +195,25 @@ class UNetBackbone(Backbone):
             "source": str(path_or_id),
         }
         return UNetModel(inner, self.name, spec, unet_taps(inner))
+
+
+def unet_submodule_taps(inner: UNet2DModel) -> list[str]:
+    """Diff-Pruning's FitNet hooks in diffusers names: the mid block's children (resnet,
+    attention, resnet), then per down and up level every resnet, attention and resampler
+    (41 on the CelebA U-Net: 3 + 16 + 22)."""
+    taps = []
+    if inner.mid_block is not None:
+        mid = inner.mid_block
+        taps.append("inner.mid_block.resnets.0")
+        for i in range(len(mid.attentions)):
+            taps.append(f"inner.mid_block.attentions.{i}")
+            taps.append(f"inner.mid_block.resnets.{i + 1}")
+    for kind, blocks in (("down_blocks", inner.down_blocks), ("up_blocks", inner.up_blocks)):
+        for i, block in enumerate(blocks):
+            for part in ("resnets", "attentions", "downsamplers", "upsamplers"):
+                for j in range(len(getattr(block, part, None) or [])):
+                    taps.append(f"inner.{kind}.{i}.{part}.{j}")
+    return taps
 
 
 def unet_taps(inner: UNet2DModel) -> list[str]:

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from harness import hookimpl
-from harness.errors import ShapeError
+from harness.errors import OptionError, ShapeError
 from harness.objective import Objective, Outputs, check_pair
 from plugins.objectives._checks import as_float, check_choice, check_number
 
@@ -44,7 +44,8 @@ class DIST(Objective):
     ``space="raw"`` (default: noise predictions are not distributions) correlates the
     values as they are, so ``tau`` only scales the loss by ``tau^2``; ``space="softmax"``
     correlates ``softmax(x / tau)`` over channels (dim 1) in both instance modes.
-    ``[B, K]`` logits work too (pixel and sample then coincide).
+    ``[B, K]`` logits work too (pixel and sample then coincide).  ``check_inputs`` (the
+    grid's preflight) refuses the modes whose terms are constant on 1-channel data.
     """
 
     name = "dist"
@@ -64,6 +65,26 @@ class DIST(Objective):
         self.tau = check_number(self.name, "tau", tau, strict=True)
         self.space = check_choice(self.name, "space", space, ("raw", "softmax"))
         self.instance = check_choice(self.name, "instance", instance, ("pixel", "sample"))
+
+    def check_inputs(self, student: Outputs, teacher: Outputs) -> None:
+        """1-channel predictions (the digits): softmax over one channel is the constant 1
+        (both terms constant), and a ``pixel`` instance is a row of one value, whose
+        correlation is 0 whatever the student does (the inter term is a constant with zero
+        gradient; only intra would train).  ``instance="sample"`` in ``raw`` space trains
+        both terms."""
+        pred = student.pred
+        if pred.dim() < 2 or pred.shape[1] != 1:
+            return
+        if self.space == "softmax":
+            raise OptionError(
+                "objective 'dist': softmax over 1-channel predictions is constant, so both "
+                'DIST terms are; use space = "raw" with instance = "sample"'
+            )
+        if self.instance == "pixel":
+            raise OptionError(
+                "objective 'dist': with 1-channel predictions a pixel instance holds one value, "
+                'so the inter term is constant (zero gradient); use instance = "sample"'
+            )
 
     def _prepare(self, x: Tensor) -> Tensor:
         x = as_float(x)

@@ -8,9 +8,10 @@ from torch import Tensor, nn
 from harness import hookimpl
 from harness.errors import OptionError, ShapeError
 from harness.objective import Objective, Outputs, check_pair
-from plugins.objectives._checks import as_float
+from plugins.objectives._checks import as_float, check_choice
 
 ADAPTER_INIT = 0.005
+TAP_SETS = ("blocks", "submodules")
 
 
 def _slot(tap: str) -> str:
@@ -22,10 +23,10 @@ def _channel_dim(x: Tensor) -> int:
     return 1 if x.dim() == 4 else -1
 
 
-def _keep(x: Tensor) -> Tensor:
+def _keep(x: Tensor, correction: int = 0) -> Tensor:
     """TinyFusion's mask: per sample, elements within two standard deviations of the mean."""
     dims = tuple(range(1, x.dim()))
-    sigma, mu = torch.std_mean(x, dim=dims, correction=0, keepdim=True)
+    sigma, mu = torch.std_mean(x, dim=dims, correction=correction, keepdim=True)
     return (x - mu).abs() < 2 * sigma
 
 
@@ -42,6 +43,20 @@ class FeatKD(Objective):
     of it.  Per-tap terms: ``layer/<tap>``.
 
     Options: ``layers`` restricts the taps used (default: every student tap);
+    ``taps`` names the backbone's tap set the trainer records: ``"blocks"`` (default: every
+    down/mid/up block or transformer block output) or ``"submodules"`` (U-Net: every
+    ResnetBlock, attention and resampler of each level and the mid block's three children,
+    the 41 forward hooks of Diff-Pruning's FitNet on the CelebA U-Net);
+    ``reduction``: ``"mean"`` (default) averages each tap over its elements, ``"sum"``
+    sums it over C_l*H_l*W_l (or N*D) and averages over the batch, as Diff-Pruning's
+    ``FitNetLoss`` (its weight 1e-6 multiplies that scale);
+    ``decay``: ``"none"`` (default) or ``"linear"``, the loss times ``1 - step/total_steps``
+    (TinyFusion's feature weight, which it lowers linearly to 0 per epoch);
+    ``mask_style`` (with ``masked``): ``"kept"`` (default) averages the squared error over
+    the elements both masks keep; ``"zeroed"`` is TinyFusion's ``training_losses_kd_rep``:
+    ``mean((mask_s * f_s - mask_t * f_t)^2)`` over all elements, masks from the unbiased
+    std (``torch.var_mean``'s default there);
+    ``layer_mean``: divide the sum over taps by their number (TinyFusion's ``/ cnt``);
     ``masked`` applies TinyFusion's (Fang et al., CVPR 2025) massive-activation mask:
     per sample, with the mean and population std over all non-batch dims, keep elements
     with ``|f - mu| < 2 sigma``; the student's mask is taken on ``adapter(f_s)`` (in the
@@ -52,8 +67,27 @@ class FeatKD(Objective):
     name = "featkd"
     needs_features = True
 
-    def __init__(self, *, layers: list[str] | None = None, masked: bool = False):
+    def __init__(
+        self,
+        *,
+        layers: list[str] | None = None,
+        masked: bool = False,
+        taps: str = "blocks",
+        reduction: str = "mean",
+        decay: str = "none",
+        mask_style: str = "kept",
+        layer_mean: bool = False,
+    ):
         super().__init__()
+        self.mask_style = check_choice(self.name, "mask_style", mask_style, ("kept", "zeroed"))
+        if not isinstance(layer_mean, bool):
+            raise OptionError(
+                f"objective 'featkd': layer_mean must be true or false, got {layer_mean!r}"
+            )
+        self.layer_mean = layer_mean
+        self.tap_set = check_choice(self.name, "taps", taps, TAP_SETS)
+        self.reduction = check_choice(self.name, "reduction", reduction, ("mean", "sum"))
+        self.decay = check_choice(self.name, "decay", decay, ("none", "linear"))
         if layers is not None:
             if (
                 isinstance(layers, str)
@@ -161,14 +195,28 @@ class FeatKD(Objective):
             mapped = as_float(self.adapters[_slot(tap)](as_float(fs)))
             target = as_float(ft)
             sq = (mapped - target).square()
-            if self.masked:
+            if self.masked and self.mask_style == "zeroed":
+                with torch.no_grad():
+                    keep_s, keep_t = _keep(mapped.detach(), 1), _keep(target, 1)
+                sq = (mapped * keep_s - target * keep_t).square()
+                term = sq.sum() / sq.shape[0] if self.reduction == "sum" else sq.mean()
+            elif self.masked:
                 with torch.no_grad():
                     keep = _keep(mapped.detach()) & _keep(target)
-                term = torch.where(keep, sq, 0).sum() / keep.sum().clamp(min=1)
+                kept = torch.where(keep, sq, 0).sum()
+                term = (
+                    kept / sq.shape[0]
+                    if self.reduction == "sum"
+                    else kept / keep.sum().clamp(min=1)
+                )
             else:
-                term = sq.mean()
+                term = sq.sum() / sq.shape[0] if self.reduction == "sum" else sq.mean()
             terms[f"layer/{tap}"] = term
             total = total + term
+        if self.layer_mean:
+            total = total / len(taps)
+        if self.decay == "linear":
+            total = total * max(0.0, 1.0 - step / max(total_steps, 1))
         terms["loss"] = total  # taps is never empty, so total is a tensor
         return terms
 
