@@ -13,6 +13,10 @@ def __getattr__(name):
         from harness import objective
 
         return getattr(objective, name)
+    if name in {"LogUniform", "Uniform", "Choice"}:
+        from harness import tunables
+
+        return getattr(tunables, name)
     if name in {"Backbone", "DiffusionModel", "pair_taps"}:
         from harness import backbone
 
@@ -45,6 +49,9 @@ __all__ = [
     "get_objective",
     "Combination",
     "build_combination",
+    "LogUniform",
+    "Uniform",
+    "Choice",
     "Backbone",
     "DiffusionModel",
     "pair_taps",

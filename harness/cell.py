@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from harness import __version__
-from harness.config import Capacity, GridConfig
+from harness.config import Capacity, GridConfig, spec_label
 from harness.jobs import CellJob, Job, TeacherJob, job_from_json
 from harness.schema import DONE, TRAIN_PREFIX, UNFINISHED, Kind, Metric, Status, Tag
 
@@ -222,6 +222,17 @@ def checkpoint_path(job: CellJob) -> Path:
     return Path(job.context.cache_dir) / "checkpoints" / f"{job.cell_id}.safetensors"
 
 
+def tuning_tags(cfg: GridConfig, label: str) -> dict[str, str]:
+    """How a tuned grid chose this objective's values (its ``[tuned]`` record), as tags."""
+    if cfg.tuned is None or label not in cfg.tuned.objectives:
+        return {}
+    common = cfg.tuned.model_dump(exclude={"objectives"})
+    return {
+        Tag.TUNING: json.dumps(common, sort_keys=True),
+        Tag.TUNED: json.dumps(cfg.tuned.objectives[label]),  # keeps the space's order
+    }
+
+
 def _open_run(
     job: CellJob, tracker: Any, cfg: GridConfig, fid_features: str
 ) -> tuple[str | None, bool]:
@@ -239,7 +250,8 @@ def _open_run(
     ckpt.unlink(missing_ok=True)
     spec = job.objective
     params = {
-        "objective": job.objective_label,
+        "objective": spec_label(spec),  # the objectives it sums, e.g. place+featkd
+        "objective_label": job.objective_label,
         "objective_spec": spec,
         "teacher": job.teacher_name,
         "student": job.student_name,
@@ -263,6 +275,8 @@ def _open_run(
         Tag.CELL_ID: job.cell_id,
         Tag.TEACHER_ID: job.teacher_id,
         Tag.LABEL: job.label,
+        Tag.OBJECTIVE_LABEL: job.objective_label,
+        **tuning_tags(cfg, job.objective_label),
     }
     run_id = tracker.start_run(job.label, tags=tags, params=params)
     return run_id, False

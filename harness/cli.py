@@ -90,34 +90,13 @@ def run(
     quiet: bool,
 ) -> None:
     """Run the grid in CONFIG (a TOML file)."""
-    from harness.config import expand, experiment_name, grid_id, load_config
+    from harness.config import expand, experiment_name, load_config
 
     cfg = load_config(config, overrides)
     cells = expand(cfg)
     if dry_run:
-        from harness.factories import get_dataset
-        from harness.grid import preflight
-        from harness.registry import lookup
-
-        try:
-            channels = get_dataset(
-                cfg.dataset.name,
-                root=cfg.dataset.root,
-                image_size=cfg.dataset.image_size,
-                split="train",
-                **cfg.dataset.options,
-            ).channels
-        except KDBenchError as exc:  # e.g. a GPU grid validated where its data are absent
-            channels = lookup("dataset", cfg.dataset.name).channels
-            click.echo(f"kdbench: note: {exc} (a run stops there)", err=True)
-        preflight(cfg, channels)
-        click.echo(
-            f"grid {cfg.grid.name} ({grid_id(cfg)}): {len(cells)} cells, "
-            f"{len(cfg.teachers)} teachers x {len(cfg.students)} students x "
-            f"{len(cfg.objectives)} objectives x {len(cfg.grid.seeds)} seeds"
-        )
-        for cell in cells:
-            click.echo(f"  {cell['cell_id']}  {cell['label']}")
+        _preflight_dry(cfg)
+        _print_cells(cfg, cells)
         return
     from harness.grid import run_grid
     from harness.schema import Status
@@ -158,6 +137,117 @@ def run(
         f"(experiment {experiment_name(cfg)}; `kdbench ui` to browse)"
     )
     if result.count(Status.FAILED):
+        sys.exit(1)
+
+
+def _preflight_dry(cfg) -> None:
+    from harness.factories import get_dataset
+    from harness.grid import preflight
+    from harness.registry import lookup
+
+    try:
+        channels = get_dataset(
+            cfg.dataset.name,
+            root=cfg.dataset.root,
+            image_size=cfg.dataset.image_size,
+            split="train",
+            **cfg.dataset.options,
+        ).channels
+    except KDBenchError as exc:  # e.g. a GPU grid validated where its data are absent
+        channels = lookup("dataset", cfg.dataset.name).channels
+        click.echo(f"kdbench: note: {exc} (a run stops there)", err=True)
+    preflight(cfg, channels)
+
+
+def _print_cells(cfg, cells) -> None:
+    from harness.config import grid_id, variants
+
+    labels = [v.label for v in variants(cfg)]
+    click.echo(
+        f"grid {cfg.grid.name} ({grid_id(cfg)}): {len(cells)} cells, "
+        f"{len(cfg.teachers)} teachers x {len(cfg.students)} students x "
+        f"{len(labels)} objective variants x {len(cfg.grid.seeds)} seeds"
+    )
+    if len(labels) != len(cfg.objectives):
+        click.echo(f"variants: {', '.join(labels)}")
+    for cell in cells:
+        click.echo(f"  {cell['cell_id']}  {cell['label']}")
+
+
+# ---------------------------------------------------------------------- tune
+
+
+@cli.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The tuned grid file to write (default: CONFIG's folder, <name>-tuned.toml).",
+)
+@click.option("--dry-run", is_flag=True, help="Print the search spaces and trial cells only.")
+@click.option("--rerun", is_flag=True, help="Run trials again even if finished in MLflow.")
+@click.option("--tracking-uri", default=None)
+@click.option("--cache-dir", default=None)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def tune(config, overrides, output, dry_run, rerun, tracking_uri, cache_dir, quiet) -> None:
+    """Tune every objective in CONFIG with the same budget ([tune]); write the tuned grid.
+
+    The trials are ordinary cells of a grid of their own (tuning seeds, its own MLflow
+    experiment, resumable); each objective's best trial goes into the written grid file,
+    and `kdbench run` of that file gives the final table on the grid's own seeds.
+    """
+    from tabulate import tabulate
+
+    from harness import tuning
+    from harness.config import expand, load_config
+
+    cfg = load_config(config, overrides)
+    p = tuning.plan(cfg, str(config))
+    out = output or config.with_name(f"{config.stem}-tuned.toml")
+    tune_cfg = cfg.tune
+    if dry_run:
+        _preflight_dry(p.config)
+        click.echo(
+            f"tuning: {tune_cfg.budget} trials per objective, {tune_cfg.sampler} "
+            f"(scrambled, seed {tune_cfg.sampler_seed}), seeds {tune_cfg.seeds}, "
+            f"selected on mean {tune_cfg.metric}"
+        )
+        for label, space in p.space.items():
+            shown = "; ".join(f"{k}: {s.describe()}" for k, s in space.items()) or "nothing"
+            click.echo(f"  {label}: {shown}")
+        _print_cells(p.config, expand(p.config))
+        return
+    from harness.grid import run_grid
+    from leaderboards.load import load_runs
+
+    result = run_grid(
+        p.config, tracking_uri=tracking_uri, rerun=rerun, cache_dir=cache_dir, progress=not quiet
+    )
+    runs = load_runs(result.tracking_uri, [result.experiment], [result.grid_id])
+    tuning.score(p, runs, tune_cfg.metric)
+    rows = tuning.summary(p, tune_cfg.metric)
+    click.echo(tabulate(rows, headers=["objective", "trial", tune_cfg.metric, "state", "best"]))
+    for label, n in p.repeats.items():
+        click.echo(f"note: {label}: {n} of {tune_cfg.budget} points repeated an earlier one")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(tuning.tuned_grid(config, cfg, p, result.grid_id, out))
+    click.echo(
+        f"tuning trials: experiment {result.experiment}, grid {result.grid_id}; "
+        f"wrote {out}; `kdbench run {out}` gives the final table"
+    )
+    missing = [
+        label
+        for label, trials in p.trials.items()
+        if p.space[label] and tuning.best(trials, tune_cfg.metric) is None
+    ]
+    if missing:
+        click.echo(
+            f"kdbench: no trial finished without divergence for {', '.join(missing)}: their grid options kept",
+            err=True,
+        )
         sys.exit(1)
 
 
@@ -337,10 +427,10 @@ def teachers(
         model = ctx.student_init(cap, cfg.grid.seeds[0])
         click.echo(f"student {cap.name}: {model.num_parameters():,} parameters")
     from harness import capacity
-    from harness.config import objective_spec
+    from harness.config import variants
 
-    for entry in cfg.objectives:
-        spec = objective_spec(entry, cfg.objective)
+    for variant in variants(cfg):
+        spec = variant.spec
         if not any(registry_needs_assistant(part["name"]) for part in spec):
             continue
         for t_cap in cfg.teachers:

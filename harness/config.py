@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -174,6 +176,43 @@ class CacheSection(_Strict):
     shipped: str | None = None
 
 
+class TuneSection(_Strict):
+    """Equal-budget tuning (``kdbench tune``): the same K trials for every objective.
+
+    ``space`` narrows what objectives declare: ``{place = ["weight"]}`` tunes only those
+    options over their declared ranges; ``[tune.space.place] weight = [0.1, 10]`` also
+    sets the range (a choice takes a list of values).  Objectives without an entry are
+    searched over everything they declare.
+    """
+
+    budget: int = Field(ge=1)
+    seeds: list[int] = Field(min_length=1)
+    sampler: Literal["sobol", "halton"] = "sobol"
+    sampler_seed: int = 0
+    metric: Literal["fid", "kid_mean", "isc_mean", "precision", "recall", "class_acc"] = "fid"
+    teachers: list[str] | None = None
+    steps: int | None = Field(None, ge=1)
+    space: dict[str, list[str] | dict[str, Any]] = Field(default_factory=dict)
+
+
+class TunedSection(_Strict):
+    """Written by ``kdbench tune`` into the grid it produces: how each value was chosen.
+
+    ``objectives`` maps each label to ``{space, chosen, score, trials}``.  Cells of the
+    grid carry it as tags, and the leaderboard prints it.
+    """
+
+    budget: int
+    seeds: list[int]
+    sampler: str
+    metric: str
+    teachers: list[str]
+    steps: int
+    experiment: str
+    grid_id: str
+    objectives: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
 class GridConfig(_Strict):
     grid: GridSection = Field(default_factory=GridSection)
     dataset: DatasetSection = Field(default_factory=DatasetSection)
@@ -188,6 +227,8 @@ class GridConfig(_Strict):
     tracking: TrackingSection = Field(default_factory=TrackingSection)
     executor: ExecutorSection = Field(default_factory=ExecutorSection)
     cache: CacheSection = Field(default_factory=CacheSection)
+    tune: TuneSection | None = None
+    tuned: TunedSection | None = None
 
     @field_validator("teachers", "students", mode="before")
     @classmethod
@@ -277,6 +318,96 @@ def config_from_dict(
 
 # ---------------------------------------------------------------- objectives
 
+SWEEP_KEY = "sweep"
+
+
+def objective_defaults(table: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``[objective.NAME]`` tables without their ``sweep`` sub-table."""
+    return {
+        name: {k: v for k, v in (opts or {}).items() if k != SWEEP_KEY}
+        for name, opts in table.items()
+    }
+
+
+def format_option(value: Any) -> str:
+    """An option value as labels show it: ``0.1``, ``1e-06``, ``l2``, ``true``."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def variant_label(names: list[str], options: dict[str, dict[str, Any]]) -> str:
+    """``place[weight=0.1,coarse=l2]+featkd``: each part with the options set for it."""
+    out = []
+    for name in names:
+        opts = options.get(name) or {}
+        shown = ",".join(f"{k}={format_option(v)}" for k, v in opts.items())
+        out.append(f"{name}[{shown}]" if shown else name)
+    return "+".join(out)
+
+
+def _parse_entry(entry: str | dict[str, Any]) -> tuple[str, list[str], str | None, dict]:
+    """An ``objectives`` entry -> (name, parts, explicit label, per-part options).
+
+    Tables: ``{name = "place", label = "place-l2", coarse = "l2"}`` (a single objective
+    takes its options directly) or ``{name = "place+featkd", featkd = {weight = 1e-6}}``
+    (per part).
+    """
+    if isinstance(entry, str):
+        name, label, rest = entry, None, {}
+    else:
+        rest = dict(entry)
+        name = rest.pop("name", None)
+        if not isinstance(name, str):
+            raise ConfigError("an objectives table needs a string 'name', e.g. name = \"place\"")
+        label = rest.pop("label", None)
+        if label is not None and (not isinstance(label, str) or not label.strip()):
+            raise ConfigError(f"objective {name!r}: label must be a non-empty string")
+    names = [n.strip() for n in name.split("+") if n.strip()]
+    if not names:
+        raise ConfigError(f"objective {name!r}: empty name")
+    per_part: dict[str, dict[str, Any]] = {}
+    strays = [k for k, v in rest.items() if isinstance(v, dict) and k not in names]
+    if strays and (len(names) > 1 or not set(strays) <= set(_option_names(names[0]))):
+        raise ConfigError(
+            f"objective {name!r}: options for {sorted(strays)} which are not parts of it"
+        )
+    for key, value in rest.items():
+        if key in names and isinstance(value, dict):
+            per_part.setdefault(key, {}).update(value)
+        elif len(names) == 1:
+            per_part.setdefault(names[0], {})[key] = value
+        elif key in names:
+            raise ConfigError(f"objective {name!r}: {key} = ... must be a table of its options")
+        else:
+            raise ConfigError(
+                f"objective {name!r}: option {key!r} belongs to no part; give options per "
+                f"part, e.g. {names[-1]} = {{{key} = ...}}"
+            )
+    return name, names, label, per_part
+
+
+def _option_names(name: str) -> list[str]:
+    from harness.registry import lookup
+
+    try:
+        return lookup("objective", name).option_names()
+    except KDBenchError:
+        return []
+
+
+def _spec(names: list[str], defaults: dict, per_part: dict) -> list[dict[str, Any]]:
+    spec = []
+    for part in names:
+        options = {**defaults.get(part, {}), **per_part.get(part, {})}
+        weight = options.pop("weight", 1.0)
+        spec.append({"name": part, "weight": weight, **options})
+    return spec
+
 
 def objective_spec(
     entry: str | dict[str, Any], defaults: dict[str, dict[str, Any]]
@@ -286,32 +417,191 @@ def objective_spec(
     Entries: ``"place+featkd"`` (each part takes ``[objective.NAME]`` defaults), or a table
     ``{name = "place+featkd", featkd = {weight = 1e-6}}`` overriding per part.
     """
-    if isinstance(entry, str):
-        label, per_part = entry, {}
-    else:
-        entry = dict(entry)
-        if "name" not in entry or not isinstance(entry["name"], str):
-            raise ConfigError("an objectives table needs a string 'name', e.g. name = \"place\"")
-        label = entry.pop("name")
-        per_part = entry
-    names = [n.strip() for n in label.split("+") if n.strip()]
-    if not names:
-        raise ConfigError(f"objective {label!r}: empty name")
-    unknown_parts = set(per_part) - set(names)
-    if unknown_parts:
-        raise ConfigError(
-            f"objective {label!r}: options for {sorted(unknown_parts)} which are not parts of it"
-        )
-    spec = []
-    for name in names:
-        options = {**defaults.get(name, {}), **per_part.get(name, {})}
-        weight = options.pop("weight", 1.0)
-        spec.append({"name": name, "weight": weight, **options})
-    return spec
+    _, names, _, per_part = _parse_entry(entry)
+    return _spec(names, objective_defaults(defaults), per_part)
 
 
 def spec_label(spec: list[dict[str, Any]]) -> str:
     return "+".join(part["name"] for part in spec)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the leaderboard: an objective with its options, under a unique label.
+
+    ``index`` is the ``objectives`` entry it comes from; ``options`` are the per-part
+    options the entry (or a sweep) sets, beyond the ``[objective.NAME]`` defaults.
+    """
+
+    index: int
+    label: str
+    spec: list[dict[str, Any]]
+    options: dict[str, dict[str, Any]]
+    explicit: bool = False  # the label was given in the grid file
+
+    @property
+    def name(self) -> str:
+        return spec_label(self.spec)
+
+
+def _sweeps(table: dict[str, dict[str, Any]]) -> dict[str, dict[str, list[Any]]]:
+    """``[objective.NAME.sweep]`` tables, checked: options of NAME, non-empty lists."""
+    from harness.registry import lookup
+
+    out = {}
+    for name, opts in table.items():
+        sweep = (opts or {}).get(SWEEP_KEY)
+        if sweep is None:
+            continue
+        key = f"objective.{name}.{SWEEP_KEY}"
+        if not isinstance(sweep, dict) or not sweep:
+            raise ConfigError(f"{key}: give a table of option = [values], e.g. weight = [0.1, 1]")
+        try:
+            valid = ["weight", *lookup("objective", name).option_names()]
+        except KDBenchError as exc:
+            raise ConfigError(f"objective.{name}: {exc}") from None
+        for option, values in sweep.items():
+            if option not in valid:
+                raise ConfigError(
+                    f"{key}: unknown option {option!r} of objective {name!r}"
+                    f"{did_you_mean(option, valid)}; valid: {', '.join(valid)}"
+                )
+            if not isinstance(values, list):
+                raise ConfigError(f"{key}.{option}: give a list of values, got {values!r}")
+            if not values:
+                raise ConfigError(f"{key}.{option}: empty sweep (give at least one value)")
+        out[name] = sweep
+    return out
+
+
+def variants(cfg: GridConfig) -> list[Variant]:
+    """The grid's objective variants, sweeps expanded, each with a unique label.
+
+    A sweep ``[objective.NAME.sweep]`` expands every entry that uses NAME and has no label
+    of its own into the product of the swept values (in the order the file lists them),
+    labelled like ``place[weight=0.1,coarse=l2]``; labelled entries are fixed variants.
+    Without a label, an entry is labelled by its name plus the options it sets.
+    """
+    defaults = objective_defaults(cfg.objective)
+    sweeps = _sweeps(cfg.objective)
+    used: set[str] = set()
+    out: list[Variant] = []
+    for i, entry in enumerate(cfg.objectives):
+        try:
+            _, names, label, per_part = _parse_entry(entry)
+        except ConfigError as exc:
+            raise ConfigError(f"objectives[{i}]: {exc}") from None
+        used.update(names)
+        swept = [] if label else [n for n in names if n in sweeps]
+        axes = []
+        for part in swept:
+            for option, values in sweeps[part].items():
+                if option in per_part.get(part, {}):
+                    raise ConfigError(
+                        f"objectives[{i}]: sets {part}.{option}, which "
+                        f"[objective.{part}.sweep] sweeps; drop one, or give the entry a label"
+                    )
+                axes.append([(part, option, v) for v in values])
+        for point in itertools.product(*axes):
+            options = copy.deepcopy(per_part)
+            for part, option, value in point:
+                options.setdefault(part, {})[option] = value
+            out.append(
+                Variant(
+                    index=i,
+                    label=label or variant_label(names, options),
+                    spec=_spec(names, defaults, options),
+                    options=options,
+                    explicit=label is not None,
+                )
+            )
+    unused = sorted(set(sweeps) - used)
+    if unused:
+        raise ConfigError(
+            f"objective.{unused[0]}.{SWEEP_KEY}: no objectives entry uses {unused[0]!r}"
+        )
+    seen: dict[str, int] = {}
+    for v in out:
+        if v.label in seen:
+            raise ConfigError(
+                f"objectives[{v.index}]: duplicate label {v.label!r} (also objectives"
+                f"[{seen[v.label]}]); give each variant its own label"
+            )
+        seen[v.label] = v.index
+    return out
+
+
+# ---------------------------------------------------------------- tuning search spaces
+
+
+def _key(v: Variant, part: str, option: str) -> str:
+    return option if len(v.spec) == 1 else f"{part}.{option}"
+
+
+def variant_space(cfg: GridConfig, v: Variant) -> dict[str, Any]:
+    """What ``kdbench tune`` searches for one variant: declared, narrowed by ``tune.space``."""
+    from harness.registry import lookup
+
+    space: dict[str, Any] = {}
+    given = cfg.tune.space if cfg.tune else {}
+    for part in v.spec:
+        name = part["name"]
+        declared = lookup("objective", name).tunable_options()
+        chosen = given.get(name)
+        if chosen is None:
+            wanted = {option: None for option in declared}
+        elif isinstance(chosen, list):
+            wanted = {option: None for option in chosen}
+        else:
+            wanted = dict(chosen)
+        for option, bounds in wanted.items():
+            if option not in declared:
+                listed = ", ".join(declared) or "nothing"
+                raise ConfigError(
+                    f"tune.space.{name}: objective {name!r} declares no tunable {option!r}; "
+                    f"it declares: {listed}"
+                )
+            if option in v.options.get(name, {}):
+                continue  # set by the entry itself: part of the variant's identity
+            spec = declared[option]
+            if bounds is not None:
+                try:
+                    spec = spec.narrowed(bounds)
+                except KDBenchError as exc:
+                    raise ConfigError(f"tune.space.{name}.{option}: {exc}") from None
+            space[_key(v, name, option)] = spec
+    return space
+
+
+def check_tune(cfg: GridConfig, every: list[Variant] | None = None) -> None:
+    """Refuse a ``[tune]`` section that could leak, or names what does not exist."""
+    tune = cfg.tune
+    assert tune is not None
+    every = every if every is not None else variants(cfg)
+    leaked = sorted(set(tune.seeds) & set(cfg.grid.seeds))
+    if leaked:
+        raise ConfigError(
+            f"tune.seeds: seed {leaked[0]} is also a final seed (grid.seeds = {cfg.grid.seeds}); "
+            "a tuned value must never be chosen on the seeds the final table reports"
+        )
+    if any((opts or {}).get("sweep") for opts in cfg.objective.values()):
+        raise ConfigError(
+            "[tune] and [objective.NAME.sweep] together: tuning searches the space itself; "
+            "drop the sweep"
+        )
+    names = [t.name for t in cfg.teachers]
+    for teacher in tune.teachers or []:
+        if teacher not in names:
+            raise ConfigError(
+                f"tune.teachers: no teacher named {teacher!r}; the grid's teachers: "
+                f"{', '.join(names)}"
+            )
+    used = {part["name"] for v in every for part in v.spec}
+    for name in tune.space:
+        if name not in used:
+            raise ConfigError(f"tune.space.{name}: no objectives entry uses {name!r}")
+    for v in every:
+        variant_space(cfg, v)
 
 
 # ---------------------------------------------------------------- validation against plugins
@@ -390,12 +680,20 @@ def validate_plugins(cfg: GridConfig, source: str = "<grid>") -> None:
             lookup("objective", name)
         except KDBenchError as exc:
             fail(f"objective.{name}", exc)
-    for i, entry in enumerate(cfg.objectives):
+    try:
+        every = variants(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    for v in every:
         try:
-            spec = objective_spec(entry, cfg.objective)
-            build_combination(spec)
+            build_combination(v.spec)
         except KDBenchError as exc:
-            fail(f"objectives[{i}]", exc)
+            fail(f"objectives[{v.index}]" + (f" ({v.label})" if v.label != v.name else ""), exc)
+    if cfg.tune is not None:
+        try:
+            check_tune(cfg, every)
+        except KDBenchError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
     _warn_inverted_gap(cfg, presets)
 
 
@@ -451,6 +749,7 @@ def teacher_key(cfg: GridConfig, cap: Capacity) -> dict[str, Any]:
 def expand(cfg: GridConfig) -> list[dict[str, Any]]:
     """The grid's cells as JSON-able dicts, each with a stable ``cell_id``."""
     cells = []
+    every = variants(cfg)
     shared = {
         "dataset": cfg.dataset.model_dump(),
         "model": cfg.model.model_dump(),
@@ -460,8 +759,8 @@ def expand(cfg: GridConfig) -> list[dict[str, Any]]:
     }
     for teacher in cfg.teachers:
         for student in cfg.students:
-            for entry in cfg.objectives:
-                spec = objective_spec(entry, cfg.objective)
+            for variant in every:
+                spec = variant.spec
                 for seed in cfg.grid.seeds:
                     identity = {
                         **shared,
@@ -470,11 +769,14 @@ def expand(cfg: GridConfig) -> list[dict[str, Any]]:
                         "objective": spec,
                         "seed": seed,
                     }
+                    if variant.label != variant.name:  # plain names keep their cell ids
+                        identity["objective_label"] = variant.label
                     cells.append(
                         {
                             "cell_id": _hash(identity),
-                            "label": f"{spec_label(spec)} | {teacher.name} -> {student.name} | s{seed}",
-                            "objective_label": spec_label(spec),
+                            "label": f"{variant.label} | {teacher.name} -> {student.name} "
+                            f"| s{seed}",
+                            "objective_label": variant.label,
                             "objective": spec,
                             "teacher": teacher.model_dump(),
                             "teacher_name": teacher.name,

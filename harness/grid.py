@@ -182,7 +182,7 @@ def preflight(cfg: GridConfig, channels: int) -> None:
     import torch
 
     from harness.capacity import check_fits, load_model_file
-    from harness.config import objective_spec
+    from harness.config import variants
     from harness.errors import ConfigError, KDBenchError
     from harness.factories import build_combination, get_backbone
     from harness.objective import Outputs
@@ -215,8 +215,9 @@ def preflight(cfg: GridConfig, channels: int) -> None:
     t = Outputs(torch.randn(2, channels, size, size, generator=g))
     warn_unofficial_sums(cfg)
     offered = getattr(get_backbone(cfg.model.backbone), "tap_sets", ("blocks",))
-    for i, entry in enumerate(cfg.objectives):
-        combination = build_combination(objective_spec(entry, cfg.objective))
+    for variant in variants(cfg):
+        i = variant.index
+        combination = build_combination(variant.spec)
         try:
             wanted = combination.tap_set if combination.needs_features else "blocks"
         except KDBenchError as exc:

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from harness.errors import OptionError, ShapeError
+from harness.tunables import Choice, LogUniform, Tunable, Uniform
 
 
 @dataclass
@@ -41,13 +42,17 @@ class Objective(nn.Module):
     Class attributes a subclass sets:
       ``name``: the registry name; ``needs_features``: the trainer then taps features;
       ``needs_assistant``: the cell runner distils through a teaching assistant (TAKD);
-      ``needs_teacher``: False for the no-KD baseline, whose cells then skip the teacher.
+      ``needs_teacher``: False for the no-KD baseline, whose cells then skip the teacher;
+      ``tunables``: the options ``kdbench tune`` searches, option -> ``LogUniform`` /
+      ``Uniform`` / ``Choice`` (``harness.tunables``); ``weight`` is the KD weight.  The
+      default tunes the weight log-uniformly over two decades around 1.
     """
 
     name: ClassVar[str] = ""
     needs_features: ClassVar[bool] = False
     needs_assistant: ClassVar[bool] = False
     needs_teacher: ClassVar[bool] = True
+    tunables: ClassVar[dict[str, Tunable]] = {"weight": LogUniform(0.1, 10.0)}
 
     def setup(self, student: Outputs, teacher: Outputs) -> None:
         """Called once with a sample batch before the optimizer is built (adapters)."""
@@ -84,6 +89,21 @@ class Objective(nn.Module):
             for p in sig.parameters.values()
             if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
         ]
+
+    @classmethod
+    def tunable_options(cls) -> dict[str, Tunable]:
+        """The declared search space, checked: only ``weight`` and real options."""
+        space = dict(cls.tunables)
+        valid = ["weight", *cls.option_names()]
+        for key, spec in space.items():
+            if key not in valid:
+                raise OptionError(
+                    f"objective {cls.name!r} declares tunable {key!r}, which is not an option; "
+                    f"valid: {', '.join(valid)}"
+                )
+            if not isinstance(spec, (LogUniform, Uniform, Choice)):
+                raise OptionError(f"objective {cls.name!r}: tunable {key!r} is not a spec")
+        return space
 
     @classmethod
     def option_defaults(cls) -> dict[str, Any]:

@@ -70,6 +70,9 @@ class Tag(StrEnum):
     HOST = "kdbench.host"
     TEACHER_MODE = "kdbench.teacher_mode"
     DIVERGED_REASON = "kdbench.diverged_reason"
+    OBJECTIVE_LABEL = "kdbench.objective_label"  # the variant's label (the row key)
+    TUNING = "kdbench.tuning"  # a tuned grid's budget, sampler, seeds, trials (JSON)
+    TUNED = "kdbench.tuned"  # this objective's search space and chosen values (JSON)
 
     @property
     def column(self) -> str:
@@ -89,6 +92,9 @@ TABLE_TAGS = (
     Tag.TEACHER_MODE,
     Tag.TORCH_FIDELITY,
     Tag.FID_REFERENCE,
+    Tag.TEACHER_ID,
+    Tag.TUNING,
+    Tag.TUNED,
 )
 """The tags a leaderboard reads into columns (named by ``Tag.column``)."""
 
@@ -141,7 +147,16 @@ TABLE_METRICS = (
 TRAIN_PREFIX = "train/"
 """Per-step loss terms are logged as ``train/<term>`` (e.g. ``train/loss``)."""
 
-STR_PARAMS = ("objective", "objective_spec", "teacher", "student", "backbone", "process", "dataset")
+STR_PARAMS = (
+    "objective",
+    "objective_label",
+    "objective_spec",
+    "teacher",
+    "student",
+    "backbone",
+    "process",
+    "dataset",
+)
 INT_PARAMS = (
     "teacher_params",
     "student_params",

@@ -20,6 +20,7 @@ from leaderboards.plots import (
 )
 from leaderboards.render import render
 from leaderboards.tables import capacity_gap_table, compare, overhead_table, teacher_table
+from leaderboards.tuning import tuning_table
 from leaderboards.verdicts import (
     baseline_table,
     check_baseline,
@@ -43,6 +44,36 @@ def _select(df: pd.DataFrame, name: str) -> pd.DataFrame:
         return by_experiment
     grids = ", ".join(sorted({str(g) for g in df["grid_id"].dropna()})) or "none"
     raise TrackingError(f"no runs for grid or experiment {name!r}; grid ids there: {grids}")
+
+
+def latest_grid(df: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
+    """When the runs hold several grids: the most recent one (and its teachers), and a note.
+
+    A store often holds several grids (a tuning grid, a re-run with other settings); pooling
+    them would mix settings, so the default view is the grid whose latest cell started last.
+    """
+    cells = df[(df["kind"] == Kind.CELL) & df["grid_id"].notna()]
+    if cells["grid_id"].nunique() <= 1:
+        return df, None
+    last = cells.groupby("grid_id")["start_time"].max().sort_values()
+    chosen = last.index[-1]
+    names = cells.drop_duplicates("grid_id").set_index("grid_id")["grid_name"]
+    keep = df["grid_id"] == chosen
+    mine = cells[cells["grid_id"] == chosen]
+    # Teachers are evaluated once per experiment, under the grid that built them first:
+    # take the grid's teachers, from its own experiment where they were evaluated there.
+    teachers = df[(df["kind"] == Kind.TEACHER) & df["teacher_id"].isin(set(mine["teacher_id"]))]
+    home = teachers["experiment_id"].isin(set(mine["experiment_id"]))
+    local = set(teachers.loc[home, "teacher_id"])
+    picked = teachers[home | ~teachers["teacher_id"].isin(local)]
+    keep |= df.index.isin(picked.index)
+    others = ", ".join(f"{g} ({names.get(g)})" for g in reversed(last.index[:-1]))
+    note = (
+        f"showing the most recent grid, {chosen} ({names.get(chosen)}); the store also holds "
+        f"{others}: pick one with --grid ID (repeat --grid to put grids side by side; rows "
+        "stay keyed by each objective's options)"
+    )
+    return df[keep], note
 
 
 def report(
@@ -83,6 +114,9 @@ def report(
     main = df
     if compare_ids and grid_ids:
         main = df[df["grid_id"].isin(grid_ids)]
+    view_note = None
+    if not grid_ids and not compare_ids:
+        main, view_note = latest_grid(df)
     cells = main[main["kind"] == Kind.CELL] if "kind" in main else main
     if baseline is not None:
         check_baseline(main, baseline)
@@ -99,11 +133,14 @@ def report(
     noise = noise_table(main, metric)
     if noise is not None:
         tables.append(noise)
-    tables += [overhead_table(main), teacher_table(main)]
+    tuned = tuning_table(main)
+    tables += [overhead_table(main), teacher_table(main)] + ([tuned] if tuned else [])
     if compare_ids:
         a, b = compare_ids
         tables.append(compare(_select(df, a), _select(df, b), metric, alpha))
     metadata = run_metadata(main)
+    if view_note:
+        metadata["other grids"] = view_note
     if baseline is None:
         metadata["baseline"] = (
             f"none: no {DEFAULT_BASELINE!r} runs; pass --baseline NAME for paired differences"

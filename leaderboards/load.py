@@ -2,16 +2,25 @@
 
 Columns: run_id, run_name, experiment, experiment_id, mlflow_status, start_time, end_time;
 the ``kdbench.*`` tags without their prefix (kind, grid_id, grid_name, cell_id, status,
-git_commit, version, fid_features, teacher_mode, torch_fidelity, fid_reference); every param (known numeric ones typed: nullable Int64
+git_commit, version, fid_features, teacher_mode, torch_fidelity, fid_reference, teacher_id, tuning, tuned); every param (known numeric ones typed: nullable Int64
 for counts and sizes, float for ``lr``; the rest strings); every metric's last value as
 float.  ``status`` falls back to MLflow's own status (lower case) when the tag is missing.
 A param whose name collides with a metric or tag column is stored as ``param:<name>``.
+
+``objective_label`` is the leaderboard's row key: one value per objective *specification*
+(name and every option).  It is the run's label (``objective`` for runs that predate
+labels); when runs with one label carry different options (e.g. ``lift`` at L1 in one grid
+and at L2 in another), each gets the options that tell them apart, ``lift {coarse=l2}``,
+so that runs whose options differ are never averaged together.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 from collections.abc import Iterable
+from typing import Any
 
 import pandas as pd
 
@@ -115,6 +124,61 @@ def _typed(rows: list[dict]) -> pd.DataFrame:
     return df[front + rest].reset_index(drop=True)
 
 
+def _plugin_defaults(name: str) -> dict[str, Any]:
+    try:
+        from harness.registry import lookup
+
+        return lookup("objective", name).option_defaults()
+    except Exception:  # an objective whose plugin is not installed here: compare as logged
+        return {}
+
+
+def _flat_spec(text: Any) -> dict[str, str] | None:
+    """``[{"name": "lift", "weight": 1.0, ...}]`` -> {"lift.weight": "1.0", ...}, defaults filled."""
+    try:
+        spec = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
+    if not isinstance(spec, list) or not all(isinstance(p, dict) and "name" in p for p in spec):
+        return None
+    flat: dict[str, str] = {}
+    for part in spec:
+        name = str(part["name"])
+        options = {**_plugin_defaults(name), "weight": 1.0, **part}
+        options.pop("name")
+        for key, value in options.items():
+            shown = f"{value:g}" if isinstance(value, float) else json.dumps(value, default=str)
+            flat[f"{name}.{key}"] = shown.strip('"')
+    return flat
+
+
+def key_objectives(df: pd.DataFrame) -> pd.DataFrame:
+    """Set ``objective_label`` to one value per objective specification (see module doc)."""
+    label = df["objective_label"].where(df["objective_label"].notna(), df["objective"])
+    df["objective_label"] = label
+    cells = df["kind"] == Kind.CELL
+    for name, group in df[cells].groupby("objective_label"):
+        flats = {spec: _flat_spec(spec) for spec in group["objective_spec"].dropna().unique()}
+        canon = {spec: json.dumps(f, sort_keys=True) if f else spec for spec, f in flats.items()}
+        if len(set(canon.values())) <= 1:
+            continue
+        parsed = [f for f in flats.values() if f]
+        keys = sorted({k for f in parsed for k in f})
+        differ = [k for k in keys if len({f.get(k) for f in parsed}) > 1]
+        single = "+" not in str(name)
+        for spec, flat in flats.items():
+            if flat and differ:
+                shown = ",".join(
+                    f"{k.split('.', 1)[1] if single else k}={flat.get(k, '-')}" for k in differ
+                )
+                suffix = f" {{{shown}}}"
+            else:
+                suffix = " #" + hashlib.sha256(str(spec).encode()).hexdigest()[:6]
+            rows = cells & (df["objective_label"] == name) & (df["objective_spec"] == spec)
+            df.loc[rows, "objective_label"] = f"{name}{suffix}"
+    return df
+
+
 def load_runs(
     uri: str | None, experiment_names: list[str] | None = None, grid_ids: list[str] | None = None
 ) -> pd.DataFrame:
@@ -135,7 +199,7 @@ def load_runs(
                 if run.info.run_id not in seen:
                     seen.add(run.info.run_id)
                     rows.append(_row(run, names))
-    df = _typed(rows)
+    df = key_objectives(_typed(rows))
     df.attrs["tracking_uri"] = mask_uri(uri)
     return df
 

@@ -34,10 +34,12 @@ from harness.schema import Kind, Status  # noqa: E402
 from harness.tracking import env_override  # noqa: E402
 from leaderboards import stats as st  # noqa: E402
 from leaderboards.tables import (  # noqa: E402
+    base_names,
     cell_stats,
     format_params,
     higher_is_better,
     objective_order,
+    row_key,
     teacher_order,
 )
 
@@ -197,6 +199,7 @@ def plot_curves(client_or_uri, df: pd.DataFrame, path) -> Path | None:
     cells = df[df["kind"] == Kind.CELL]
     if not keys or cells.empty:
         return None
+    cells = cells.assign(_row=row_key(cells))
     client = _client(client_or_uri)
     teachers = teacher_order(cells)
     shade = {
@@ -209,7 +212,7 @@ def plot_curves(client_or_uri, df: pd.DataFrame, path) -> Path | None:
         for (component, term), key in keys.items():
             if pd.isna(run.get(key)):
                 continue
-            group = (str(run["objective"]), component, run["teacher"])
+            group = (str(run["_row"]), component, run["teacher"])
             curves.setdefault(group, {}).setdefault(term, []).append(
                 _history(client, run["run_id"], key)
             )
@@ -224,7 +227,7 @@ def plot_curves(client_or_uri, df: pd.DataFrame, path) -> Path | None:
         for (objective, component, teacher), terms in sorted(
             curves.items(), key=lambda kv: (kv[0][0], kv[0][1], rank.get(kv[0][2], -1))
         ):
-            parts = objective.split("+")
+            parts = base_names(objective)
             name = (
                 objective if not {"lift", "place"} <= set(parts) else (f"{objective} [{component}]")
             )
@@ -281,7 +284,8 @@ def plot_samples(
         return None
     client = _client(client_or_uri)
     teachers = teacher_order(cells)
-    objectives = objective_order(cells["objective"])
+    cells = cells.assign(_row=row_key(cells))
+    objectives = objective_order(cells["_row"])
     images: dict[tuple[str, str], object] = {}
     with (
         tempfile.TemporaryDirectory() as tmp,
@@ -289,7 +293,7 @@ def plot_samples(
     ):
         for objective in objectives:
             for t in teachers["teacher"]:
-                runs = cells[(cells["objective"] == objective) & (cells["teacher"] == t)]
+                runs = cells[(cells["_row"] == objective) & (cells["teacher"] == t)]
                 done = runs[runs["status"] == Status.FINISHED].sort_values("seed")
                 for _, run in done.iterrows():
                     names = {a.path for a in client.list_artifacts(run["run_id"])}

@@ -42,6 +42,7 @@ LOWER_IS_BETTER = {
     "teacher_share",
 }
 HIGHER_IS_BETTER = {"isc_mean", "precision", "recall", "class_acc", "iter_per_s"}
+ROW_KEY = "objective_label"  # one value per objective specification (leaderboards.load)
 OBJECTIVE_ORDER = ("none", "outkd", "featkd", "dist", "takd", "lift", "place")
 DECIMALS = {
     "fid": 2,
@@ -104,11 +105,24 @@ def format_cell(mean: float, std: float, n: int, metric: str) -> str:
     return f"{format_value(mean, metric)} ± {format_value(std, metric)} ({n})"
 
 
+def base_names(label: str) -> list[str]:
+    """``place[weight=0.1]+featkd {x=1}`` -> ["place", "featkd"] (the objectives it sums)."""
+    head = str(label).split(" ", 1)[0]
+    return [part.split("[", 1)[0] for part in head.split("+")]
+
+
+def row_key(df: pd.DataFrame) -> pd.Series:
+    """The leaderboard's row key per run: ``objective_label``, else ``objective``."""
+    if ROW_KEY not in df:
+        return df["objective"]
+    return df[ROW_KEY].where(df[ROW_KEY].notna(), df["objective"])
+
+
 def objective_order(labels) -> list[str]:
     """``none`` first, then the built-ins in the paper's order, then combinations."""
 
     def key(label: str):
-        parts = str(label).split("+")
+        parts = base_names(label)
         first = (
             OBJECTIVE_ORDER.index(parts[0]) if parts[0] in OBJECTIVE_ORDER else len(OBJECTIVE_ORDER)
         )
@@ -161,15 +175,18 @@ def teacher_order(df: pd.DataFrame) -> pd.DataFrame:
 def cell_stats(
     df: pd.DataFrame, metric: str = "fid", collapse_fid: float | None = None
 ) -> pd.DataFrame:
-    """Per (objective, teacher): mean, std, n over finished seeds; diverged and collapsed.
+    """Per (objective variant, teacher): mean, std, n over finished seeds; diverged, collapsed.
+
+    Rows are keyed by ``objective_label`` (one per objective specification), never by the
+    bare name; the index level keeps the name ``objective``.
 
     ``collapsed`` = diverged runs + finished runs with ``fid > collapse_fid`` (when given).
     ``valid`` is False when more than one seed diverged; mean and std are then NaN.
     """
     _check_metric(df, metric)
-    cells = _cells(df)
+    cells = _cells(df).assign(_row=lambda d: row_key(d))
     rows = []
-    for (objective, teacher), group in cells.groupby(["objective", "teacher"], dropna=True):
+    for (objective, teacher), group in cells.groupby(["_row", "teacher"], dropna=True):
         finished = group[group["status"] == Status.FINISHED]
         mean, std, n = _stats(finished[metric])
         diverged = int((group["status"] == Status.DIVERGED).sum())
@@ -336,8 +353,9 @@ def overhead_table(df: pd.DataFrame, teacher: str | None = None) -> Table:
     if teacher is not None:
         cells = cells[cells["teacher"] == teacher]
     rows = []
-    for objective in objective_order(cells["objective"]):
-        group = cells[cells["objective"] == objective]
+    keys = row_key(cells)
+    for objective in objective_order(keys):
+        group = cells[keys == objective]
         rows.append(
             {
                 "objective": objective,

@@ -9,6 +9,7 @@ from torch import Tensor
 from harness import hookimpl
 from harness.errors import OptionError, ShapeError
 from harness.objective import Objective, Outputs, check_pair
+from harness.tunables import LogUniform
 from plugins.objectives._checks import as_float, check_choice, check_number
 
 PEARSON_EPS = 1e-8
@@ -49,6 +50,7 @@ class DIST(Objective):
     """
 
     name = "dist"
+    tunables = {"weight": LogUniform(0.1, 10.0)}
 
     def __init__(
         self,

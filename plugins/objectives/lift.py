@@ -6,6 +6,7 @@ from torch import Tensor
 
 from harness import hookimpl
 from harness.objective import Objective, Outputs, check_pair
+from harness.tunables import Choice, LogUniform
 from plugins.objectives._checks import as_float, check_choice, check_image, check_number
 from plugins.objectives._fit import COARSE, adaptive_weight, coarse_penalty, fit_deviation, line_fit
 
@@ -23,6 +24,7 @@ class LIFT(Objective):
     """
 
     name = "lift"
+    tunables = {"weight": LogUniform(0.1, 10.0), "coarse": Choice(COARSE)}
 
     def __init__(self, *, coarse: str = "l1", eps: float = 1e-6):
         super().__init__()

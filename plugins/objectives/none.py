@@ -17,6 +17,7 @@ class NoKD(Objective):
 
     name = "none"
     needs_teacher = False
+    tunables = {}  # nothing to tune: the baseline runs as it is
 
     def __init__(self):
         super().__init__()

@@ -7,6 +7,7 @@ from torch import Tensor
 
 from harness import hookimpl
 from harness.objective import Objective, Outputs, check_pair
+from harness.tunables import LogUniform
 from plugins.objectives._checks import as_float
 
 
@@ -20,6 +21,7 @@ class OutKD(Objective):
     """
 
     name = "outkd"
+    tunables = {"weight": LogUniform(0.1, 10.0)}
 
     def __init__(self):
         super().__init__()

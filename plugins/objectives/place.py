@@ -7,6 +7,7 @@ from torch import Tensor
 from harness import hookimpl
 from harness.errors import OptionError
 from harness.objective import Objective, Outputs, check_pair
+from harness.tunables import Choice, LogUniform
 from plugins.objectives._checks import (
     as_float,
     check_choice,
@@ -32,6 +33,11 @@ class PLACE(Objective):
     """
 
     name = "place"
+    tunables = {
+        "weight": LogUniform(0.1, 10.0),
+        "coarse": Choice(COARSE),
+        "group_size": Choice((4, 8, 16, 32)),
+    }
 
     def __init__(self, *, group_size: int = 16, coarse: str = "l1", eps: float = 1e-6):
         super().__init__()

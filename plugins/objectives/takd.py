@@ -22,6 +22,7 @@ from harness.errors import OptionError, PluginError
 from harness.factories import get_objective
 from harness.objective import Objective, Outputs, check_pair
 from harness.registry import did_you_mean, entries
+from harness.tunables import LogUniform
 
 
 def _count(what: str, value: Any) -> int:
@@ -94,6 +95,7 @@ class TAKD(Objective):
 
     name = "takd"
     needs_assistant = True
+    tunables = {"weight": LogUniform(0.1, 10.0)}
 
     def __init__(
         self,
