@@ -29,12 +29,13 @@ class _Group(click.Group):
                 raise
             click.echo(f"kdbench: error: {exc}", err=True)
             ctx.exit(2)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
+            code = getattr(exc, "exit_code", 130)  # GridInterrupted: 143 after SIGTERM
             click.echo(
                 "kdbench: interrupted; finished cells are recorded, a re-run resumes the rest",
                 err=True,
             )
-            ctx.exit(130)
+            ctx.exit(code)
 
 
 @click.group(cls=_Group)
@@ -102,7 +103,12 @@ def run(
     from harness.tracking import mask_uri
 
     result = run_grid(
-        cfg, tracking_uri=tracking_uri, rerun=rerun, cache_dir=cache_dir, progress=not quiet
+        cfg,
+        tracking_uri=tracking_uri,
+        rerun=rerun,
+        cache_dir=cache_dir,
+        progress=not quiet,
+        debug=bool((click.get_current_context().obj or {}).get("debug")),
     )
     claimed = result.claimed
     click.echo(

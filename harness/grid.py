@@ -78,6 +78,7 @@ def run_grid(
     cache_dir: str | None = None,
     progress: bool = True,
     workdir: str | Path = ".",
+    debug: bool = False,
 ) -> GridRun:
     from harness import gridrun
     from harness.capacity import default_cache_dir
@@ -95,7 +96,7 @@ def run_grid(
     )
     check_metric_available(ds.feature_extractor, cfg.eval.inception_weights)
     preflight(cfg, ds.channels)
-    executor = get_executor(cfg.executor.name, **cfg.executor.options)
+    executor = get_executor(cfg.executor.name, **executor_options(cfg, debug=debug))
     uri = resolve_uri(tracking_uri or cfg.tracking.uri, workdir)
     cache = Path(cache_dir or cfg.cache.dir or default_cache_dir()).expanduser()
     check_locations(cache, uri)
@@ -165,6 +166,46 @@ def _run_stages(
                 log.warning("%d teacher job(s) failed; their cells will fail too", len(failed))
         else:
             run.results = results
+
+
+CELL_TIMEOUT_BASE_S = 3600.0
+CELL_TIMEOUT_PER_STEP_S = 2.0
+
+
+def default_cell_timeout_s(cfg: GridConfig) -> float:
+    """A generous wall-time limit for one job: 1 h plus 2 s per training step it may run.
+
+    The steps counted are every kind a job can train (teacher pretraining and fine-tuning,
+    an assistant, the student), so the bound holds for the slowest job of the grid at
+    0.5 step/s after an hour of set-up, evaluation and logging: far above any healthy cell
+    (the embedded default's cells train at about 20 steps/s), yet a hung cell costs hours,
+    not days.
+    """
+    steps = (
+        cfg.pretrain.steps
+        + cfg.pretrain.finetune_steps
+        + (cfg.train.assistant_steps or cfg.train.steps)
+        + cfg.train.steps
+    )
+    return CELL_TIMEOUT_BASE_S + CELL_TIMEOUT_PER_STEP_S * steps
+
+
+def executor_options(cfg: GridConfig, debug: bool = False) -> dict[str, Any]:
+    """The executor's options, with the default cell time limit for executors that take one.
+
+    Under ``--debug`` there is no default limit (a person is watching, perhaps in a
+    debugger); a ``timeout_s`` set in the grid's ``[executor.options]`` is always kept.
+    """
+    import inspect
+
+    from harness.registry import lookup
+
+    options = dict(cfg.executor.options)
+    cls = lookup("executor", cfg.executor.name)
+    takes_timeout = "timeout_s" in inspect.signature(cls.__init__).parameters
+    if takes_timeout and "timeout_s" not in options and not debug:
+        options["timeout_s"] = default_cell_timeout_s(cfg)
+    return options
 
 
 def preflight(cfg: GridConfig, channels: int) -> None:
