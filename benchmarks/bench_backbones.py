@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 
+import _args
 import torch
 
 BACKBONES = ("unet", "dit", "mmdit")
@@ -104,19 +105,14 @@ def run_isolated(args: argparse.Namespace, backbone: str, preset: str, size: int
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
+    parser = _args.parser(__doc__)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--sizes", default=None, help="comma-separated image sizes")
     parser.add_argument("--presets", default=None, help="comma-separated preset names")
     parser.add_argument("--single", nargs=3, metavar=("BACKBONE", "PRESET", "SIZE"))
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = _args.parse(parser)
     if args.steps is None:
         args.steps = 3 if args.quick else 8
 

@@ -11,12 +11,12 @@ Run: ``python benchmarks/bench_harness.py [--quick]``.  Prints numbers; asserts 
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+import _args
 import torch
 
 from harness import build_combination, get_backbone
@@ -159,11 +159,10 @@ def cache_speedup(args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--student", default="xxs")
-    parser.add_argument("--teacher", default="s")
-    args = parser.parse_args()
+    p = _args.parser(__doc__)
+    p.add_argument("--student", default="xxs")
+    p.add_argument("--teacher", default="s")
+    args = _args.parse(p)
     args.steps = 20 if args.quick else 60
     args.repeats = 1 if args.quick else 3
     args.objectives = 3 if args.quick else 5

@@ -3,17 +3,17 @@
 Generated = the first 1,000 digits, reference = the last 1,000 (203 shared); both 16x16.
 Prints the median of ``--repeats`` runs for each metric alone, all four together, and all
 four with a warm reference cache (``cache_dir``).  Usage:
-``python benchmarks/bench_metrics.py [--repeats 3] [--device cpu] [--threads N]``.
+``python benchmarks/bench_metrics.py [--quick] [--repeats 3] [--device cpu] [--threads N]``.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import tempfile
 import time
 
+import _args
 import torch
 
 from harness.metrics import compute_metrics
@@ -32,13 +32,11 @@ def timed(fn, repeats: int) -> tuple[float, dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    p = _args.parser(__doc__)
+    p.add_argument("--repeats", type=int, default=None, help="default 3, 1 with --quick")
+    args = _args.parse(p)
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
 
     images, _ = load_digits_tensors(16, "all")
     gen, ref = images[:1000], images[-1000:]

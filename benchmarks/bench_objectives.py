@@ -21,10 +21,10 @@ time mostly measures the other jobs).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
+import _args
 import torch
 import torch.nn.functional as F
 
@@ -213,18 +213,13 @@ def bench_training_step(device, repeats: int, batch: int = 16) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser = _args.parser(__doc__)
     parser.add_argument("--skip-step", action="store_true", help="skip the training-step part")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument(
         "--clock", choices=["wall", "cpu"], default="wall", help="wall time or process CPU time"
     )
-    args = parser.parse_args()
+    args = _args.parse(parser)
     device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     global CLOCK
     if args.clock == "cpu" and device.type == "cpu":
         CLOCK = time.process_time

@@ -295,7 +295,13 @@ def load_pretrained(ctx: Context, source: str) -> nn.Module:
     """A kdbench model file (verified safetensors) or a diffusers folder / hub id."""
     if source.endswith(".safetensors"):
         return load_model_file(ctx.cfg, ctx.channels, source).to(ctx.device)
-    model = ctx.backbone.from_pretrained(source)
+    from harness.modelio import is_kdbench_folder
+    from harness.modelio import load_pretrained as load_folder
+
+    if is_kdbench_folder(source):  # e.g. a student saved by eval.save_student, pruned or not
+        model = load_folder(source, backbone=ctx.cfg.model.backbone)
+    else:
+        model = ctx.backbone.from_pretrained(source)
     check_fits(ctx.cfg, ctx.channels, model, source)
     return model.to(ctx.device)
 

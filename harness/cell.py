@@ -31,7 +31,7 @@ from harness import __version__
 from harness.config import Capacity, GridConfig, spec_label
 from harness.executor import describe, one_line
 from harness.jobs import CellJob, Job, TeacherJob, job_from_json
-from harness.schema import DONE, TRAIN_PREFIX, UNFINISHED, Kind, Metric, Status, Tag
+from harness.schema import DONE, TRAIN_PREFIX, UNFINISHED, Kind, Metric, MlflowTag, Status, Tag
 
 log = logging.getLogger("kdbench")
 
@@ -68,6 +68,22 @@ def plugin_versions() -> dict[str, str]:
     return out
 
 
+def process_age() -> float | None:
+    """Seconds since this process was created (Linux ``/proc``; None elsewhere).
+
+    A cell's ``time_start_s``: its process's creation (fork or spawn) to the end of its
+    set-up (imports, tracking store, data), before the teacher is loaded.
+    """
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _setup_worker(job: Job) -> tuple[GridConfig, Any, torch.device]:
     from harness.tracking import Tracker
 
@@ -80,7 +96,7 @@ def _setup_worker(job: Job) -> tuple[GridConfig, Any, torch.device]:
 
 
 def _common_tags(job: Job, kind: str, cfg: GridConfig, fid_features: str) -> dict[str, str]:
-    return {
+    tags = {
         Tag.KIND: kind,
         Tag.GRID_ID: job.context.grid_id,
         Tag.GRID_NAME: cfg.grid.name,
@@ -92,6 +108,9 @@ def _common_tags(job: Job, kind: str, cfg: GridConfig, fid_features: str) -> dic
         Tag.TORCH: torch.__version__,
         Tag.HOST: platform.node(),
     }
+    if job.context.parent_run_id:  # the grid's run (harness.gridrun): MLflow nests under it
+        tags[MlflowTag.PARENT_RUN_ID] = job.context.parent_run_id
+    return tags
 
 
 def _torch_fidelity_version() -> str:
@@ -109,12 +128,28 @@ def _reference_tag(cfg: GridConfig, ctx: Any) -> dict[str, str]:
 
 
 def run_job(job: Job | str) -> dict[str, Any]:
-    """Run one job of a grid (a record of ``harness.jobs`` or its JSON); its result dict."""
+    """Run one job of a grid (a record of ``harness.jobs`` or its JSON) under its claim.
+
+    A job whose cell another live run holds is ``skipped`` with ``claimed_by`` naming the
+    owner (see ``harness.claims``).  A tracking store that cannot be used fails the job
+    with one line (when the server stays away past its retry bound nothing more can be
+    recorded there: the run stays RUNNING with its checkpoint, and the next run of the
+    grid resumes it).
+    """
+    from harness.claims import ClaimHeld, claim
+    from harness.errors import TrackingError
+
     if isinstance(job, str):
         job = job_from_json(job)
-    if isinstance(job, TeacherJob):
-        return run_teacher(job)
-    return run_cell(job)
+    try:
+        with claim(job.context.cache_dir, job.cell_id):
+            if isinstance(job, TeacherJob):
+                return run_teacher(job)
+            return run_cell(job)
+    except ClaimHeld as held:
+        return {"cell_id": job.cell_id, "status": Status.SKIPPED, "claimed_by": held.owner}
+    except TrackingError as exc:
+        return {"cell_id": job.cell_id, "status": Status.FAILED, "error": one_line(describe(exc))}
 
 
 # ---------------------------------------------------------------------- teachers
@@ -227,6 +262,8 @@ def _open_run(
     job: CellJob, tracker: Any, cfg: GridConfig, fid_features: str
 ) -> tuple[str | None, bool]:
     """(run_id, resumed); run_id None means the cell is already done."""
+    from harness.gridrun import describe_cell
+
     ckpt = checkpoint_path(job)
     runs = tracker.find_runs({Tag.CELL_ID: job.cell_id, Tag.KIND: Kind.CELL})
     if not job.context.rerun:
@@ -238,12 +275,17 @@ def _open_run(
             tracker.resume_run(run_id)
             return run_id, True
     ckpt.unlink(missing_ok=True)
+    for r in runs:  # we hold the cell's claim: a RUNNING run of it has lost its process
+        if r["status"] == Status.RUNNING:
+            tracker.set_tags(r["run_id"], {Tag.ERROR: "its process ended without closing it"})
+            tracker.finish(r["run_id"], Status.FAILED)
     spec = job.objective
+    names = [m["teacher_name"] for m in job.shared_teachers]
     params = {
         "objective": spec_label(spec),  # the objectives it sums, e.g. place+featkd
         "objective_label": job.objective_label,
         "objective_spec": spec,
-        "teacher": job.teacher_name,
+        "teacher": ", ".join(names) if names else job.teacher_name,
         "student": job.student_name,
         "teacher_spec": job.teacher,
         "student_spec": job.student,
@@ -263,11 +305,20 @@ def _open_run(
     tags = {
         **_common_tags(job, Kind.CELL, cfg, fid_features),
         Tag.CELL_ID: job.cell_id,
-        Tag.TEACHER_ID: job.teacher_id,
         Tag.LABEL: job.label,
         Tag.OBJECTIVE_LABEL: job.objective_label,
         **tuning_tags(cfg, job.objective_label),
+        MlflowTag.NOTE: describe_cell(job),
     }
+    if job.teacher_independent:  # the leaderboards show it at each of these teachers
+        tags[Tag.SHARED_TEACHERS] = json.dumps(
+            [
+                {"teacher": m["teacher_name"], "teacher_id": m["teacher_id"]}
+                for m in job.shared_teachers
+            ]
+        )
+    else:
+        tags[Tag.TEACHER_ID] = job.teacher_id
     run_id = tracker.start_run(job.label, tags=tags, params=params)
     return run_id, False
 
@@ -310,15 +361,19 @@ def _teacher_source(
     return CachedTeacher(cache, ctx.device), "cached"
 
 
-def _step_logger(tracker: Any, run_id: str, settings: Any):
+def _step_logger(tracker: Any, run_id: str, settings: Any, logged_through: int = -1):
     """Log a step's terms (buffered); flush at the last log before each checkpoint.
 
     A killed worker loses its buffer: flushing before every checkpoint keeps the history
-    of every step before the checkpoint it resumes from.
+    of every step before the checkpoint it resumes from.  A resumed run re-does the steps
+    between its checkpoint and the fault; those already in the history
+    (``step <= logged_through``) are not logged twice.
     """
     every, ckpt = settings.log_every, settings.checkpoint_every
 
     def log(step: int, metrics: dict[str, float]) -> None:
+        if step <= logged_through:
+            return
         tracker.log_metrics(run_id, metrics, step=step)
         if (step // every + 1) * every >= (step // ckpt + 1) * ckpt:
             tracker.flush(run_id)
@@ -340,7 +395,7 @@ def run_cell(job: CellJob) -> dict[str, Any]:
     from harness.evaluate import evaluate, save_grid
     from harness.factories import build_combination
     from harness.metrics import describe_extractor
-    from harness.modelio import save_model
+    from harness.modelio import save_pretrained
     from harness.trainer import BatchMaker, LoopSettings, train
 
     cfg, tracker, device = _setup_worker(job)
@@ -352,14 +407,18 @@ def run_cell(job: CellJob) -> dict[str, Any]:
     try:
         ctx = Context.create(cfg, device, job.context.cache_dir, progress=job.context.progress)
         tracker.set_tags(run_id, _reference_tag(cfg, ctx))
+        started = process_age()
         t0 = time.perf_counter()
         teacher_cap = Capacity.model_validate(job.teacher)
         student_cap = Capacity.model_validate(job.student)
-        teacher = ctx.teacher(teacher_cap)
+        # A teacher-independent cell never loads one (its result stands for every teacher).
+        teacher = None if job.teacher_independent else ctx.teacher(teacher_cap)
         time_teacher = time.perf_counter() - t0
         objective = build_combination(job.objective)
         student = ctx.student_init(student_cap, job.seed)
         metrics: dict[str, float] = {Metric.TIME_TEACHER_S: time_teacher}
+        if started is not None:
+            metrics[Metric.TIME_START_S] = started
         source, source_key = teacher, job.teacher_id
         if objective.needs_assistant:
             source, info = capacity.assistant(ctx, teacher_cap, student_cap, job.objective, teacher)
@@ -370,13 +429,10 @@ def run_cell(job: CellJob) -> dict[str, Any]:
                 {"assistant": info.get("capacity"), "assistant_params": source.num_parameters()},
             )
         if not resumed:
-            tracker.log_params(
-                run_id,
-                {
-                    "teacher_params": teacher.num_parameters(),
-                    "student_params": student.num_parameters(),
-                },
-            )
+            sizes = {"student_params": student.num_parameters()}
+            if teacher is not None:
+                sizes["teacher_params"] = teacher.num_parameters()
+            tracker.log_params(run_id, sizes)
         settings = LoopSettings.from_section(cfg.train)
         batches = BatchMaker(
             ctx.images, ctx.labels, ctx.process, cfg.train.batch_size, job.seed, device
@@ -387,9 +443,11 @@ def run_cell(job: CellJob) -> dict[str, Any]:
             else None
         )
         if objective.needs_teacher:
+            t0 = time.perf_counter()
             teacher_source, mode = _teacher_source(
                 ctx, job, source, source_key, objective, batches, pairs
             )
+            metrics[Metric.TIME_TEACHER_S] += time.perf_counter() - t0
         else:  # the no-KD baseline trains on the denoising loss alone
             teacher_source, mode = None, "none"
         tracker.set_tags(run_id, {Tag.TEACHER_MODE: mode})
@@ -401,7 +459,12 @@ def run_cell(job: CellJob) -> dict[str, Any]:
             teacher=teacher_source,
             pairs=pairs,
             checkpoint=checkpoint_path(job),
-            log=_step_logger(tracker, run_id, settings),
+            log=_step_logger(
+                tracker,
+                run_id,
+                settings,
+                tracker.last_step(run_id, "train/loss") if resumed else -1,
+            ),
             device=device,
             progress=job.label if job.context.progress else None,
         )
@@ -427,14 +490,16 @@ def run_cell(job: CellJob) -> dict[str, Any]:
             cache_dir=str(ctx.cache_dir / "metrics"),
         )
         metrics.update(scores)
-        tracker.log_metrics(run_id, metrics)
+        t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             tracker.log_artifact(run_id, str(save_grid(images, Path(tmp) / "samples.png")))
             tracker.log_json(run_id, job.context.config, "config.json")
-            if cfg.eval.save_student:
-                path = Path(tmp) / "student.safetensors"
-                save_model(trained.ema.cpu(), path)
-                tracker.log_artifact(run_id, str(path))
+            if cfg.eval.save_student:  # a diffusers model folder (see harness.modelio)
+                folder = save_pretrained(trained.ema.cpu(), Path(tmp) / "student", ctx.process)
+                tracker.log_artifacts(run_id, folder, "student")
+        # The artifacts' time; the final metrics' own write cannot time itself.
+        metrics[Metric.TIME_LOG_S] = time.perf_counter() - t0
+        tracker.log_metrics(run_id, metrics)
         tracker.finish(run_id, Status.FINISHED)
         checkpoint_path(job).unlink(missing_ok=True)
         result.update(status=Status.FINISHED, metrics=metrics)
@@ -454,6 +519,7 @@ def run_cell(job: CellJob) -> dict[str, Any]:
     except Exception as exc:
         log.debug("cell %s failed:\n%s", job.cell_id, traceback.format_exc())
         error = one_line(describe(exc))
-        tracker.finish(run_id, Status.FAILED, error=error)
+        if not tracker.down:  # else nothing reaches the store; the run resumes next time
+            tracker.finish(run_id, Status.FAILED, error=error)
         result.update(status=Status.FAILED, error=error)
     return result

@@ -29,12 +29,13 @@ class _Group(click.Group):
                 raise
             click.echo(f"kdbench: error: {exc}", err=True)
             ctx.exit(2)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
+            code = getattr(exc, "exit_code", 130)  # GridInterrupted: 143 after SIGTERM
             click.echo(
                 "kdbench: interrupted; finished cells are recorded, a re-run resumes the rest",
                 err=True,
             )
-            ctx.exit(130)
+            ctx.exit(code)
 
 
 @click.group(cls=_Group)
@@ -102,33 +103,49 @@ def run(
     from harness.tracking import mask_uri
 
     result = run_grid(
-        cfg, tracking_uri=tracking_uri, rerun=rerun, cache_dir=cache_dir, progress=not quiet
+        cfg,
+        tracking_uri=tracking_uri,
+        rerun=rerun,
+        cache_dir=cache_dir,
+        progress=not quiet,
+        debug=bool((click.get_current_context().obj or {}).get("debug")),
     )
+    claimed = result.claimed
     click.echo(
         f"grid {cfg.grid.name} ({result.grid_id}): {result.count(Status.FINISHED)} finished, "
         f"{result.count(Status.DIVERGED)} diverged, {result.count(Status.FAILED)} failed, "
         f"{len(result.skipped)} already done"
+        + (f", {len(claimed)} claimed by another run" if claimed else "")
     )
+    for r in claimed:
+        click.echo(f"  claimed by another run: {r.get('cell_id')}: {r['claimed_by']}")
     for r in result.results + result.teacher_results:
         if r.get("status") == Status.FAILED:
             click.echo(f"  failed: {r.get('cell_id')}: {r.get('error', '')}", err=True)
     if not no_leaderboard:
-        from leaderboards import report
+        if result.leaderboard:  # rendered once, when it was logged to the grid run
+            click.echo(result.leaderboard["text"])
+            click.echo(f"plots: {result.plot_dir}")
+        else:
+            from leaderboards import report
 
-        plots = Path("kdbench-out") / "plots" / cfg.grid.name
-        click.echo(
-            report(
-                result.tracking_uri,
-                experiments=[experiment_name(cfg)],
-                grid_ids=[result.grid_id],
-                fmt="text",
-                plot_dir=plots,
-            )
-        )
-        click.echo(f"plots: {plots.resolve()}")
+            plots = Path("kdbench-out") / "plots" / cfg.grid.name
+            try:
+                board = report(
+                    result.tracking_uri,
+                    experiments=[experiment_name(cfg)],
+                    grid_ids=[result.grid_id],
+                    fmt="text",
+                    plot_dir=plots,
+                )
+            except KDBenchError as exc:  # e.g. every cell failed: nothing to rank
+                click.echo(f"kdbench: leaderboard: {exc}", err=True)
+            else:
+                click.echo(board)
+            click.echo(f"plots: {plots.resolve()}")
     click.echo(
-        f"MLflow store: {mask_uri(result.tracking_uri)} "
-        f"(experiment {experiment_name(cfg)}; `kdbench ui` to browse)"
+        f"MLflow store: {mask_uri(result.tracking_uri)} (experiment {experiment_name(cfg)}, "
+        f"grid run {result.grid_run_id} with the leaderboard; `kdbench ui` to browse)"
     )
     if result.count(Status.FAILED):
         sys.exit(1)
@@ -155,6 +172,11 @@ def _print_cells(cfg, cells) -> None:
         f"grid {cfg.grid.name} ({grid_id(cfg)}): {len(cells)} cells, "
         f"{len(cfg.teachers)} teachers x {len(cfg.students)} students x "
         f"{len(labels)} objective variants x {len(cfg.grid.seeds)} seeds"
+        + (
+            f" ({shared} teacher-independent, run once for all teachers)"
+            if (shared := sum(1 for c in cells if c["shared_teachers"]))
+            else ""
+        )
     )
     if len(labels) != len(cfg.objectives):
         click.echo(f"variants: {', '.join(labels)}")
@@ -353,31 +375,68 @@ def models(backbone: str | None, image_size: int, channels: int, num_classes: in
     help="Level of the tests; intervals are 1 - alpha.",
 )
 @click.option("--output", "-o", type=click.Path(path_type=Path), default=None)
+@click.option(
+    "--screenshot",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also open the HTML page in headless Chromium, check it, and save a full-page PNG.",
+)
 @click.option("--tracking-uri", default=None)
 def leaderboard(
-    experiments, grids, fmt, metric, plot_dir, compare, baseline, alpha, output, tracking_uri
+    experiments,
+    grids,
+    fmt,
+    metric,
+    plot_dir,
+    compare,
+    baseline,
+    alpha,
+    output,
+    screenshot,
+    tracking_uri,
 ) -> None:
     """Render leaderboards from the MLflow runs."""
     import leaderboards
     from harness.tracking import resolve_uri
 
     uri = resolve_uri(tracking_uri, ".")
-    text = leaderboards.report(
-        uri,
+    options = dict(
         experiments=list(experiments) or None,
         grid_ids=list(grids) or None,
-        fmt=fmt,
-        plot_dir=plot_dir,
         metric=metric,
         compare_ids=tuple(compare) if compare else None,
         baseline=baseline,
         alpha=alpha,
     )
+    text = leaderboards.report(uri, fmt=fmt, plot_dir=plot_dir, **options)
     if output:
-        output.write_text(text)
+        output.write_text(text, encoding="utf-8")
         click.echo(f"wrote {output}")
     else:
         click.echo(text)
+    if screenshot is not None:
+        page = text if fmt == "html" else leaderboards.report(uri, fmt="html", **options)
+        click.echo(_screenshot(page, screenshot))
+
+
+def _screenshot(page: str, path: Path) -> str:
+    """Open ``page`` in headless Chromium, refuse a page with problems, save a PNG."""
+    import tempfile
+
+    from leaderboards.browser import inspect_page
+
+    with tempfile.TemporaryDirectory() as tmp:
+        html_file = Path(tmp) / "leaderboard.html"
+        html_file.write_text(page, encoding="utf-8")
+        seen = inspect_page(html_file, screenshot=path)
+    problems = (
+        seen.errors
+        + [f"request to {url}" for url in seen.requests]
+        + [f"figure {name} did not decode" for name in seen.broken_images]
+    )
+    if problems:
+        raise KDBenchError(f"the HTML page has problems in Chromium: {'; '.join(problems[:3])}")
+    return f"wrote {path} ({len(seen.tables)} tables, {len(seen.images)} figures)"
 
 
 # ---------------------------------------------------------------------- teachers, classifier
@@ -480,7 +539,17 @@ def ui(host: str, port: int, tracking_uri: str | None) -> None:
     from harness.tracking import mask_uri, resolve_uri
 
     uri = resolve_uri(tracking_uri, ".")
-    click.echo(f"MLflow UI for {mask_uri(uri)} at http://{host}:{port}")
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    base = f"http://{'[' + shown + ']' if ':' in shown else shown}:{port}"
+    click.echo(f"MLflow UI for {mask_uri(uri)} at {base}")
+    try:
+        from harness.gridrun import ui_addresses
+        from harness.tracking import open_client
+
+        for line in ui_addresses(open_client(uri), base):
+            click.echo(line)
+    except Exception as exc:  # the addresses are a convenience: the UI starts anyway
+        click.echo(f"kdbench: note: cannot list the grids: {' '.join(str(exc).split())}", err=True)
     cmd = [
         sys.executable,
         "-m",

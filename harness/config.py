@@ -10,7 +10,9 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -312,12 +314,33 @@ def config_from_dict(
     data = copy.deepcopy(data)
     for assignment in overrides:
         apply_override(data, assignment)
+    for key, value in _non_finite(data):
+        raise ConfigError(
+            f"{source}: {key}: must be a finite number, got {value!r} "
+            "(inf/nan, or a literal too large for a float such as 1e400)"
+        )
     try:
         cfg = GridConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(source, exc)) from None
     validate_plugins(cfg, source)
     return cfg
+
+
+def _non_finite(node: Any, key: str = "") -> Iterator[tuple[str, float]]:
+    """``(dotted key, value)`` of every inf/nan float anywhere in a parsed config.
+
+    TOML allows ``inf`` and ``nan``, and a literal beyond the float range (``1e400``)
+    parses as ``inf``; no setting of a grid means either, so all are refused.
+    """
+    if isinstance(node, float) and not math.isfinite(node):
+        yield key or "grid", node
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            yield from _non_finite(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(node, (list, tuple)):
+        for i, v in enumerate(node):
+            yield from _non_finite(v, f"{key}[{i}]")
 
 
 # ---------------------------------------------------------------- objectives
@@ -693,12 +716,25 @@ def validate_plugins(cfg: GridConfig, source: str = "<grid>") -> None:
             build_combination(v.spec)
         except KDBenchError as exc:
             fail(f"objectives[{v.index}]" + (f" ({v.label})" if v.label != v.name else ""), exc)
+        _warn_doubled(v.index, [part["name"] for part in v.spec])
     if cfg.tune is not None:
         try:
             check_tune(cfg, every)
         except KDBenchError as exc:
             raise ConfigError(f"{source}: {exc}") from exc
     _warn_inverted_gap(cfg, presets)
+
+
+def _warn_doubled(index: int, names: list[str]) -> None:
+    """``"place+place"`` adds PLACE's term twice: legal, but rarely meant."""
+    doubled = sorted({n for n in names if names.count(n) > 1})
+    if doubled:
+        warnings.warn(
+            f"objectives[{index}] {'+'.join(names)!r} names {', '.join(map(repr, doubled))} "
+            "more than once: its term is added once per mention (a doubled weight); write it "
+            "once, with weight = 2.0 if that is meant",
+            stacklevel=3,
+        )
 
 
 def _capacity_rank(cap: Capacity, presets: dict[str, Any]) -> float | None:
@@ -746,9 +782,20 @@ def teacher_key(cfg: GridConfig, cap: Capacity) -> dict[str, Any]:
 
 
 def expand(cfg: GridConfig) -> list[dict[str, Any]]:
-    """The grid's cells as JSON-able dicts, each with a stable ``cell_id``."""
-    cells = []
+    """The grid's cells as JSON-able dicts, each with a stable ``cell_id``.
+
+    A teacher-independent objective (``harness.factories.teacher_independent``: the no-KD
+    baseline) gives one cell per (student, variant, seed) instead of one per teacher: its
+    identity leaves the teacher out, ``shared_teachers`` lists every teacher it stands for
+    (name, id and capacity; empty for every other cell) and the leaderboards show its
+    result at each of them.  The other cells' ids are unchanged.
+    """
+    from harness.factories import teacher_independent
+
+    cells: list[dict[str, Any]] = []
+    shared_cells: dict[str, dict[str, Any]] = {}
     every = variants(cfg)
+    independent = [teacher_independent(variant.spec) for variant in every]
     shared = {
         "dataset": cfg.dataset.model_dump(),
         "model": cfg.model.model_dump(),
@@ -757,34 +804,50 @@ def expand(cfg: GridConfig) -> list[dict[str, Any]]:
         "eval": cfg.eval.model_dump(exclude={"save_student"}),
     }
     for teacher in cfg.teachers:
+        teacher_id = _hash(teacher_key(cfg, teacher))
         for student in cfg.students:
-            for variant in every:
+            for variant, alone in zip(every, independent):
                 spec = variant.spec
                 for seed in cfg.grid.seeds:
                     identity = {
                         **shared,
-                        "teacher": teacher.model_dump(exclude={"label"}),
+                        "teacher": None if alone else teacher.model_dump(exclude={"label"}),
                         "student": student.model_dump(exclude={"label"}),
                         "objective": spec,
                         "seed": seed,
                     }
                     if variant.label != variant.name:  # plain names keep their cell ids
                         identity["objective_label"] = variant.label
-                    cells.append(
-                        {
-                            "cell_id": _hash(identity),
-                            "label": f"{variant.label} | {teacher.name} -> {student.name} "
-                            f"| s{seed}",
-                            "objective_label": variant.label,
-                            "objective": spec,
-                            "teacher": teacher.model_dump(),
-                            "teacher_name": teacher.name,
-                            "teacher_id": _hash(teacher_key(cfg, teacher)),
-                            "student": student.model_dump(),
-                            "student_name": student.name,
-                            "seed": seed,
-                        }
-                    )
+                    cell_id = _hash(identity)
+                    member = {
+                        "teacher": teacher.model_dump(),
+                        "teacher_name": teacher.name,
+                        "teacher_id": teacher_id,
+                    }
+                    if alone and cell_id in shared_cells:
+                        members = shared_cells[cell_id]["shared_teachers"]
+                        if any(m["teacher_id"] == teacher_id for m in members):
+                            raise ConfigError(
+                                "the grid lists the same cell twice (duplicate teacher, "
+                                "student, objective or seed)"
+                            )
+                        members.append(member)
+                        continue
+                    where = "all teachers" if alone else teacher.name
+                    cell = {
+                        "cell_id": cell_id,
+                        "label": f"{variant.label} | {where} -> {student.name} | s{seed}",
+                        "objective_label": variant.label,
+                        "objective": spec,
+                        **member,
+                        "student": student.model_dump(),
+                        "student_name": student.name,
+                        "seed": seed,
+                        "shared_teachers": [member] if alone else [],
+                    }
+                    if alone:
+                        shared_cells[cell_id] = cell
+                    cells.append(cell)
     ids = [c["cell_id"] for c in cells]
     if len(set(ids)) != len(ids):
         raise ConfigError(

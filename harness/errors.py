@@ -29,6 +29,10 @@ class CheckpointError(KDBenchError):
     """A checkpoint or cached model is missing, corrupt or of another architecture."""
 
 
+class StorageError(KDBenchError, OSError):
+    """A file could not be written (e.g. the disk is full); the message names the file."""
+
+
 class DivergedError(Exception):
     """Training produced NaN/inf or an exploding loss (a result, not a crash)."""
 

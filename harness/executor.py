@@ -91,36 +91,43 @@ def tally(bar: tqdm, results: list[dict[str, Any] | None]) -> None:
 
 
 class InterruptCounter:
-    """Count SIGINTs while a grid runs instead of letting them raise at a random line.
+    """Count SIGINTs and SIGTERMs while a grid runs instead of letting them raise anywhere.
 
-    Only in the main thread, and only when SIGINT is not ignored. While ``raising`` is
-    true the handler also raises ``KeyboardInterrupt`` (a cell run in-process must see it).
+    SIGTERM (SLURM at the end of a job's time, ``docker stop``, systemd) is handled as
+    Ctrl-C; ``signum`` is the first signal received (the exit code is ``128 + signum``).
+    Only in the main thread, and only for signals that are not ignored (a background job
+    started with SIGINT ignored keeps ignoring it). While ``raising`` is true the handler
+    also raises ``KeyboardInterrupt`` (a cell run in-process must see it).
     """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.count = 0
+        self.signum: int | None = None
         self.raising = False
-        self._previous: Any = None
-        self._installed = False
+        self._previous: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
         self.count += 1
+        if self.signum is None:
+            self.signum = signum
         if self.raising:
             raise KeyboardInterrupt
 
     def __enter__(self) -> InterruptCounter:
         if threading.current_thread() is threading.main_thread():
-            previous = signal.getsignal(signal.SIGINT)
-            if previous not in (signal.SIG_IGN, None):
-                self._previous = previous
-                signal.signal(signal.SIGINT, self._handler)
-                self._installed = True
+            for signum in self.SIGNALS:
+                previous = signal.getsignal(signum)
+                if previous not in (signal.SIG_IGN, None):
+                    self._previous[signum] = previous
+                    signal.signal(signum, self._handler)
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
-        if self._installed:
-            signal.signal(signal.SIGINT, self._previous)
-            self._installed = False
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
 
 
 def import_extra(module: str, executor: str, extra: str) -> Any:
@@ -166,10 +173,20 @@ class Executor:
 
 
 class GridInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped the grid; ``results`` holds one dict per cell, in the order of cells."""
+    """Ctrl-C or SIGTERM stopped the grid; ``results`` holds one dict per cell, in order.
 
-    def __init__(self, results: list[dict[str, Any]]):
+    ``signum`` is the signal that stopped it (SIGINT unless told otherwise); a command
+    line exits with ``128 + signum`` (130 for Ctrl-C, 143 for SIGTERM).
+    """
+
+    def __init__(self, results: list[dict[str, Any]], signum: int | None = None):
         counts = Counter(r["status"] for r in results)
         summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-        super().__init__(f"grid interrupted ({summary})")
+        self.signum = int(signum or signal.SIGINT)
+        name = signal.Signals(self.signum).name
+        super().__init__(f"grid interrupted by {name} ({summary})")
         self.results = results
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

@@ -68,6 +68,20 @@ def get_objective(name: str, **options: Any) -> Objective:
     return obj
 
 
+def teacher_independent(spec: list[dict[str, Any]]) -> bool:
+    """True when no part of the objective needs a teacher, an assistant or features.
+
+    Such a cell (the no-KD baseline) trains the same student on the same batches and
+    noise whatever the grid's teacher, so ``harness.config.expand`` runs it once for all
+    teachers.  Read from the registered classes' flags, never from their names.
+    """
+    for item in spec:
+        cls = lookup("objective", item["name"])
+        if cls.needs_teacher or cls.needs_assistant or cls.needs_features:
+            return False
+    return True
+
+
 def build_combination(spec: list[dict[str, Any]]) -> Combination:
     """``[{"name": "place", "weight": 1.0, "group_size": 16}, ...]`` -> Combination."""
     parts = []

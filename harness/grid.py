@@ -5,7 +5,8 @@ worker starts (SQLite migrations race otherwise); (2) one job per distinct teach
 builds it once (cached) and records its sample quality; (3) the cells not yet finished
 in MLflow run through the configured executor, a fresh process each.  A cell whose worker
 died is marked failed in MLflow so that nothing stays RUNNING; re-running the grid
-resumes it from its checkpoint.
+resumes it from its checkpoint.  All of it happens under the grid's own MLflow run
+(``harness.gridrun``), which gets the leaderboard when the grid ends (``leaderboards.publish``).
 """
 
 from __future__ import annotations
@@ -35,24 +36,37 @@ class GridRun:
     skipped: list[str] = field(default_factory=list)
     teacher_results: list[dict[str, Any]] = field(default_factory=list)
     results: list[dict[str, Any]] = field(default_factory=list)
+    grid_run_id: str | None = None
+    leaderboard: dict[str, str] = field(default_factory=dict)  # format -> document
+    plot_dir: Path | None = None
 
     def count(self, status: str) -> int:
         return sum(1 for r in self.results if r.get("status") == status)
+
+    @property
+    def claimed(self) -> list[dict[str, Any]]:
+        """Cells left to another live run of the grid (``claimed_by`` names it)."""
+        return [r for r in self.results if r.get("claimed_by")]
 
 
 def _jobs(
     context: GridContext, cells: list[dict[str, Any]]
 ) -> tuple[list[TeacherJob], list[CellJob]]:
-    """One job per distinct teacher (first-seen order), one per cell."""
+    """One job per distinct teacher (first-seen order), one per cell.
+
+    A teacher-independent cell names every teacher it stands for; each still gets its job
+    (its quality is recorded even in a grid of baselines alone).
+    """
     teachers: dict[str, TeacherJob] = {}
     for cell in cells:
-        if cell["teacher_id"] not in teachers:
-            teachers[cell["teacher_id"]] = TeacherJob(
-                context=context,
-                teacher=cell["teacher"],
-                teacher_id=cell["teacher_id"],
-                teacher_name=cell["teacher_name"],
-            )
+        for member in cell.get("shared_teachers") or [cell]:
+            if member["teacher_id"] not in teachers:
+                teachers[member["teacher_id"]] = TeacherJob(
+                    context=context,
+                    teacher=member["teacher"],
+                    teacher_id=member["teacher_id"],
+                    teacher_name=member["teacher_name"],
+                )
     return list(teachers.values()), [CellJob.from_cell(context, cell) for cell in cells]
 
 
@@ -64,6 +78,7 @@ def run_grid(
     cache_dir: str | None = None,
     progress: bool = True,
     workdir: str | Path = ".",
+    debug: bool = False,
 ) -> GridRun:
     """Run every cell of a validated grid and record each in MLflow; the core's entry point.
 
@@ -76,8 +91,9 @@ def run_grid(
     result per cell; on Ctrl-C the runs left open are closed as killed and the
     executor's ``GridInterrupted`` propagates.
     """
+    from harness import gridrun
     from harness.capacity import default_cache_dir
-    from harness.cell import git_commit, run_job
+    from harness.cell import git_commit
     from harness.factories import dataset_from_config, get_executor
     from harness.metrics import check_metric_available
     from harness.tracking import Tracker, mask_uri, resolve_uri
@@ -85,12 +101,15 @@ def run_grid(
     ds = dataset_from_config(cfg.dataset)
     check_metric_available(ds.feature_extractor, cfg.eval.inception_weights)
     preflight(cfg, ds.channels)
-    executor = get_executor(cfg.executor.name, **cfg.executor.options)
+    executor = get_executor(cfg.executor.name, **executor_options(cfg, debug=debug))
     uri = resolve_uri(tracking_uri or cfg.tracking.uri, workdir)
+    cache = Path(cache_dir or cfg.cache.dir or default_cache_dir()).expanduser()
+    check_locations(cache, uri)
     tracker = Tracker(uri, experiment_name(cfg))
     gid = grid_id(cfg)
     cells = expand(cfg)
     run = GridRun(gid, experiment_name(cfg), uri, cells)
+    run.grid_run_id = gridrun.open_grid_run(tracker, cfg, gid, cells)
     if not rerun:
         done = set()
         for r in tracker.find_runs({Tag.KIND: Kind.CELL}):
@@ -106,12 +125,34 @@ def run_grid(
         tracking_uri=uri,
         experiment_id=tracker.experiment_id,
         grid_id=gid,
-        cache_dir=str(Path(cache_dir or cfg.cache.dir or default_cache_dir()).expanduser()),
+        cache_dir=str(cache),
         rerun=rerun,
         progress=progress,
         git_commit=git_commit(),
+        parent_run_id=run.grid_run_id,  # explicit: workers never read MLflow's env state
     )
     teacher_jobs, cell_jobs = _jobs(context, cells)
+    with gridrun.closing(tracker, run.grid_run_id):
+        _run_stages(tracker, executor, run, teacher_jobs, cell_jobs)
+        run.plot_dir = Path(workdir).resolve() / "kdbench-out" / "plots" / cfg.grid.name
+        run.leaderboard = gridrun.publish(
+            tracker, run.grid_run_id, cfg, gid, run.cells, config, run.plot_dir
+        )
+        gridrun.close_grid_run(
+            tracker, run.grid_run_id, run.results + run.teacher_results, Status.FINISHED
+        )
+    return run
+
+
+def _run_stages(
+    tracker: Any,
+    executor: Any,
+    run: GridRun,
+    teacher_jobs: list[TeacherJob],
+    cell_jobs: list[CellJob],
+) -> None:
+    from harness.cell import run_job
+
     for stage, jobs in ((Kind.TEACHER, teacher_jobs), (Kind.CELL, cell_jobs)):
         if not jobs:
             continue
@@ -123,12 +164,53 @@ def run_grid(
         _close_orphaned_runs(tracker, stage, jobs, results)
         if stage == Kind.TEACHER:
             run.teacher_results = results
-            failed = [r for r in results if r.get("status") != Status.FINISHED]
+            failed = [
+                r for r in results if r.get("status") not in (Status.FINISHED, Status.SKIPPED)
+            ]
             if failed:
                 log.warning("%d teacher job(s) failed; their cells will fail too", len(failed))
         else:
             run.results = results
-    return run
+
+
+CELL_TIMEOUT_BASE_S = 3600.0
+CELL_TIMEOUT_PER_STEP_S = 2.0
+
+
+def default_cell_timeout_s(cfg: GridConfig) -> float:
+    """A generous wall-time limit for one job: 1 h plus 2 s per training step it may run.
+
+    The steps counted are every kind a job can train (teacher pretraining and fine-tuning,
+    an assistant, the student), so the bound holds for the slowest job of the grid at
+    0.5 step/s after an hour of set-up, evaluation and logging: far above any healthy cell
+    (the embedded default's cells train at about 20 steps/s), yet a hung cell costs hours,
+    not days.
+    """
+    steps = (
+        cfg.pretrain.steps
+        + cfg.pretrain.finetune_steps
+        + (cfg.train.assistant_steps or cfg.train.steps)
+        + cfg.train.steps
+    )
+    return CELL_TIMEOUT_BASE_S + CELL_TIMEOUT_PER_STEP_S * steps
+
+
+def executor_options(cfg: GridConfig, debug: bool = False) -> dict[str, Any]:
+    """The executor's options, with the default cell time limit for executors that take one.
+
+    Under ``--debug`` there is no default limit (a person is watching, perhaps in a
+    debugger); a ``timeout_s`` set in the grid's ``[executor.options]`` is always kept.
+    """
+    import inspect
+
+    from harness.registry import lookup
+
+    options = dict(cfg.executor.options)
+    cls = lookup("executor", cfg.executor.name)
+    takes_timeout = "timeout_s" in inspect.signature(cls.__init__).parameters
+    if takes_timeout and "timeout_s" not in options and not debug:
+        options["timeout_s"] = default_cell_timeout_s(cfg)
+    return options
 
 
 def preflight(cfg: GridConfig, channels: int) -> None:
@@ -149,6 +231,7 @@ def preflight(cfg: GridConfig, channels: int) -> None:
     from harness.config import variants
     from harness.errors import ConfigError, KDBenchError
     from harness.factories import build_combination, get_backbone
+    from harness.modelio import load_pretrained
     from harness.objective import Outputs
 
     sources = [
@@ -167,7 +250,7 @@ def preflight(cfg: GridConfig, channels: int) -> None:
                 load_model_file(cfg, channels, source)
             elif folder.is_dir():
                 with _quiet_diffusers():  # its fallback notes would break the one-line error
-                    model = get_backbone(cfg.model.backbone).from_pretrained(str(folder))
+                    model = load_pretrained(folder, backbone=cfg.model.backbone)
                 check_fits(cfg, channels, model, source)
             elif local:  # not a hub id either
                 raise ConfigError(f"pretrained model folder not found: {source}")
@@ -201,6 +284,45 @@ def preflight(cfg: GridConfig, channels: int) -> None:
                     part(student=s, teacher=t, step=0, total_steps=cfg.train.steps)
             except KDBenchError as exc:
                 raise ConfigError(f"objectives[{i}]: {exc}") from exc
+
+
+def check_writable(folder: Path, what: str, fix: str) -> None:
+    """Prove that a file can be written in ``folder`` (or, while it does not exist yet, in
+    its nearest existing parent), leaving nothing behind.
+
+    Trying it is the only honest test: permission bits say nothing for root, on read-only
+    mounts, or under ``/proc``.
+    """
+    import errno
+    import tempfile
+
+    from harness.errors import ConfigError
+
+    probe = folder.absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        if not probe.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{probe} is not a folder")
+        with tempfile.NamedTemporaryFile(dir=probe, prefix=".kdbench-write-check-"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or errno.errorcode.get(exc.errno or 0, str(exc))
+        if probe != folder.absolute() and probe.is_dir():
+            reason = f"cannot create it in {probe}: {reason}"
+        raise ConfigError(f"{what} {folder} is not writable ({reason}); {fix}") from None
+
+
+def check_locations(cache: Path, uri: str) -> None:
+    """The cache, a SQLite store's folder and its artifact folder must take files."""
+    from harness.tracking import sqlite_path
+
+    check_writable(cache, "cache folder", "choose another with --cache-dir or cache.dir")
+    db = sqlite_path(uri)
+    if db is not None:
+        fix = "choose another with --tracking-uri or tracking.uri"
+        check_writable(db.parent, "tracking store folder", fix)
+        check_writable(db.parent / "mlartifacts", "artifact folder", fix)
 
 
 # Sums of objectives that no paper or official code trains, and why a user may not want one.
@@ -250,15 +372,24 @@ def _close_orphaned_runs(
     """A worker killed by a signal, OOM or Ctrl-C can leave its run RUNNING: close it.
 
     Dead workers' runs become ``failed``, interrupted ones ``killed``; their checkpoints
-    stay, so a re-run resumes them.
+    stay, so a re-run resumes them.  A cell that another live run of the grid has claimed
+    (its worker here died before claiming it) is that run's to close, not ours.
     """
+    from harness.claims import ClaimHeld, claim
+
     id_tag = Tag.CELL_ID if stage == Kind.CELL else Tag.TEACHER_ID
     for job, result in zip(jobs, results):
         status = result.get("status")
         if status not in (Status.FAILED, Status.KILLED):
             continue
         key = job.cell_id if isinstance(job, CellJob) else job.teacher_id
-        for r in tracker.find_runs({id_tag: key, Tag.KIND: stage}):
-            if r["status"] == Status.RUNNING:
-                error = result.get("error", "worker died") if status == Status.FAILED else None
-                tracker.finish(r["run_id"], status, error=error)
+        try:
+            with claim(job.context.cache_dir, job.cell_id):
+                for r in tracker.find_runs({id_tag: key, Tag.KIND: stage}):
+                    if r["status"] == Status.RUNNING:
+                        error = (
+                            result.get("error", "worker died") if status == Status.FAILED else None
+                        )
+                        tracker.finish(r["run_id"], status, error=error)
+        except ClaimHeld:
+            continue

@@ -45,6 +45,7 @@ class GridContext:
     rerun: bool = False
     progress: bool = True
     git_commit: str = "unknown"
+    parent_run_id: str | None = None  # the grid's own run (harness.gridrun), explicitly
 
 
 class _Record:
@@ -106,6 +107,7 @@ CELL_FIELDS = (
     "student",
     "student_name",
     "seed",
+    "shared_teachers",
 )
 """The keys of a cell as ``harness.config.expand`` writes it, in the record's order."""
 
@@ -127,11 +129,18 @@ class CellJob(_Record):
     student: dict[str, Any]
     student_name: str
     seed: int
+    # A teacher-independent cell (the no-KD baseline) run once for these teachers, each
+    # ``{"teacher": capacity, "teacher_name": ..., "teacher_id": ...}``; empty otherwise.
+    shared_teachers: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    @property
+    def teacher_independent(self) -> bool:
+        return bool(self.shared_teachers)
 
     @classmethod
     def from_cell(cls, context: GridContext, cell: Mapping[str, Any]) -> CellJob:
         """The job of one cell of ``harness.config.expand``."""
-        return cls(context=context, **{key: cell[key] for key in CELL_FIELDS})
+        return cls(context=context, **{key: cell[key] for key in CELL_FIELDS if key in cell})
 
 
 Job = TeacherJob | CellJob

@@ -49,6 +49,10 @@ class Process:
         """``(x_t, t, target)`` for clean images ``x0``, noise like ``x0`` and ``u`` [B]."""
         raise NotImplementedError
 
+    def sampler(self) -> Any:
+        """The diffusers scheduler that ``sample`` steps with (saved beside exported models)."""
+        raise NotImplementedError
+
     def sample(
         self,
         model_fn: ModelFn,
@@ -149,15 +153,19 @@ class DDPMProcess(Process):
         x_t = self.scheduler.add_noise(x0, noise, steps)
         return x_t, steps.to(x0.dtype), noise
 
-    @torch.no_grad()
-    def sample(self, model_fn, shape, cond, steps, generator, device, progress=False):
+    def sampler(self):
+        """``DDIMScheduler`` on the training betas (eta = 0 is passed at each step)."""
         from diffusers import DDIMScheduler
 
-        scheduler = DDIMScheduler.from_config(
+        return DDIMScheduler.from_config(
             self.scheduler.config,
             timestep_spacing=self.timestep_spacing,
             clip_sample=self.clip_sample,
         )
+
+    @torch.no_grad()
+    def sample(self, model_fn, shape, cond, steps, generator, device, progress=False):
+        scheduler = self.sampler()
         scheduler.set_timesteps(self._steps(steps), device=device)
         x = self._start(shape, generator, device)
         for t in _progress(scheduler.timesteps, progress, "DDIM"):
@@ -215,13 +223,17 @@ class FlowProcess(Process):
         x_t = (1 - s) * x0 + s * noise
         return x_t, sigma * self.num_train_timesteps, noise - x0
 
-    @torch.no_grad()
-    def sample(self, model_fn, shape, cond, steps, generator, device, progress=False):
+    def sampler(self):
+        """``FlowMatchEulerDiscreteScheduler`` with the training shift."""
         from diffusers import FlowMatchEulerDiscreteScheduler
 
-        scheduler = FlowMatchEulerDiscreteScheduler(
+        return FlowMatchEulerDiscreteScheduler(
             num_train_timesteps=self.num_train_timesteps, shift=self.shift
         )
+
+    @torch.no_grad()
+    def sample(self, model_fn, shape, cond, steps, generator, device, progress=False):
+        scheduler = self.sampler()
         scheduler.set_timesteps(self._steps(steps), device=device)
         x = self._start(shape, generator, device)
         for t in _progress(scheduler.timesteps, progress, "Euler"):

@@ -16,7 +16,8 @@ class Status(StrEnum):
     """What happened to a run or a job.
 
     A run's status lives in the tag ``kdbench.status``; ``skipped`` is never a run's:
-    an executor reports it for a job never started, ``run_job`` for a cell already done.
+    an executor reports it for a job never started, ``run_job`` for a cell already done
+    or claimed by another live run of the grid (then its result has ``claimed_by``).
     """
 
     FINISHED = "finished"
@@ -40,10 +41,15 @@ WORK_STATUSES = (Status.FINISHED, Status.DIVERGED, Status.FAILED, Status.KILLED,
 
 
 class Kind(StrEnum):
-    """The two kinds of job and of MLflow run (tag ``kdbench.kind``)."""
+    """The kinds of MLflow run (tag ``kdbench.kind``); teacher and cell are also job kinds.
+
+    ``grid`` is the grid's own run (``harness.gridrun``), the parent of its teacher and
+    cell runs; the leaderboards never read it as a result.
+    """
 
     TEACHER = "teacher"
     CELL = "cell"
+    GRID = "grid"
 
 
 TAG_PREFIX = "kdbench."
@@ -70,14 +76,27 @@ class Tag(StrEnum):
     HOST = "kdbench.host"
     TEACHER_MODE = "kdbench.teacher_mode"
     DIVERGED_REASON = "kdbench.diverged_reason"
+    SHARED_TEACHERS = "kdbench.shared_teachers"  # JSON [{"teacher": name, "teacher_id": id}]
     OBJECTIVE_LABEL = "kdbench.objective_label"  # the variant's label (the row key)
     TUNING = "kdbench.tuning"  # a tuned grid's budget, sampler, seeds, trials (JSON)
     TUNED = "kdbench.tuned"  # this objective's search space and chosen values (JSON)
+    # On the grid run (leaderboards.publish): the headline, and why publishing failed.
+    HEADLINE = "kdbench.headline"
+    BEST_OBJECTIVE = "kdbench.best_objective"  # + "/<teacher>"
+    PUBLISH_ERROR = "kdbench.publish_error"
 
     @property
     def column(self) -> str:
         """The name without its ``kdbench.`` prefix (the leaderboard's column)."""
         return self.value.removeprefix(TAG_PREFIX)
+
+
+class MlflowTag(StrEnum):
+    """MLflow's own tags that kdbench sets, which the MLflow UI reads."""
+
+    PARENT_RUN_ID = "mlflow.parentRunId"  # nests a cell or teacher run under the grid run
+    NOTE = "mlflow.note.content"  # the description of a run or an experiment (Markdown)
+    EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow 3: GenAI or model training
 
 
 TABLE_TAGS = (
@@ -90,6 +109,7 @@ TABLE_TAGS = (
     Tag.VERSION,
     Tag.FID_FEATURES,
     Tag.TEACHER_MODE,
+    Tag.SHARED_TEACHERS,
     Tag.TORCH_FIDELITY,
     Tag.FID_REFERENCE,
     Tag.TEACHER_ID,
@@ -120,6 +140,8 @@ class Metric(StrEnum):
     TIME_TEACHER_S = "time_teacher_s"
     TIME_ASSISTANT_S = "time_assistant_s"
     TIME_BUILD_S = "time_build_s"
+    TIME_START_S = "time_start_s"  # process creation to the end of set-up
+    TIME_LOG_S = "time_log_s"  # writing the artifacts at the end
     DIVERGED_STEP = "diverged_step"
 
 
@@ -140,6 +162,8 @@ TABLE_METRICS = (
     Metric.TIME_METRICS_S,
     Metric.TIME_TEACHER_S,
     Metric.TIME_ASSISTANT_S,
+    Metric.TIME_START_S,
+    Metric.TIME_LOG_S,
     Metric.DIVERGED_STEP,
 )
 """The metrics a leaderboard always has a (float) column for, in column order."""

@@ -6,10 +6,16 @@ fsynced, then renamed (atomic on POSIX).  Its SHA-256 goes into a sidecar
 ``CheckpointError`` on a mismatch, so a torn or tampered file is never loaded silently.
 Pickles are never read: safetensors holds only tensors, and ``torch_load_safe`` uses
 ``weights_only=True`` for the rare ``.pt`` file a user points us at.
+
+A full disk (ENOSPC, or EDQUOT for a quota) can strike any write or fsync.  Both the file
+and its sidecar are written and fsynced under temporary names before either is renamed,
+so the previous file and its checksum stay in place and valid; the error becomes one
+``StorageError`` line naming the file and what to do.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -20,10 +26,21 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from harness.errors import CheckpointError
+from harness.errors import CheckpointError, StorageError
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-def _fsync_write(path: Path, data: bytes) -> None:
+def _full_disk(path: Path, exc: OSError) -> StorageError:
+    return StorageError(
+        f"no space left on device writing {path} ({exc.strerror or exc}); the previous "
+        "file there is intact: free space (or move cache.dir) and re-run, unfinished cells "
+        "resume from their last checkpoint"
+    )
+
+
+def _temp_copy(path: Path, data: bytes) -> str:
+    """``data`` written and fsynced under a temporary name beside ``path``; its name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -31,6 +48,17 @@ def _fsync_write(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in _FULL:
+            raise _full_disk(path, exc) from None
+        raise
+    return tmp
+
+
+def _fsync_write(path: Path, data: bytes) -> None:
+    tmp = _temp_copy(path, data)
+    try:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -58,22 +86,39 @@ def save_tensors(
     tensors: dict[str, torch.Tensor],
     metadata: dict[str, str] | None = None,
 ) -> None:
-    """Write tensors atomically with a SHA-256 sidecar."""
+    """Write tensors atomically with a SHA-256 sidecar.
+
+    Both are complete and fsynced under temporary names before the renames, so a full
+    disk leaves the previous file and sidecar untouched.
+    """
     path = Path(path)
+    sidecar = path.with_name(path.name + ".sha256")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    side_tmp = None
     try:
         clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-        save_file(clean, tmp, metadata=metadata)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        digest = sha256_file(tmp)
+        try:
+            save_file(clean, tmp, metadata=metadata)
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            if exc.errno in _FULL:
+                raise _full_disk(path, exc) from None
+            raise
+        except Exception as exc:  # safetensors reports a failed write as its own error
+            if "No space left" in str(exc):
+                raise _full_disk(path, OSError(errno.ENOSPC, "No space left on device")) from None
+            raise
+        side_tmp = _temp_copy(sidecar, sha256_file(tmp).encode())
         os.replace(tmp, path)
+        os.replace(side_tmp, sidecar)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        if side_tmp is not None:
+            Path(side_tmp).unlink(missing_ok=True)
         raise
-    _fsync_write(path.with_name(path.name + ".sha256"), digest.encode())
 
 
 def verify(path: str | os.PathLike) -> None:

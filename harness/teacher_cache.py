@@ -18,7 +18,7 @@ import torch
 from filelock import FileLock
 
 from harness.objective import Outputs
-from harness.storage import load_tensors, save_tensors
+from harness.storage import atomic_write_bytes, load_tensors, save_tensors
 from harness.trainer import Batch, BatchMaker, LiveTeacher, TeacherSource
 
 MiB = 1024 * 1024
@@ -72,7 +72,7 @@ class TeacherPredictionCache:
                 save_tensors(path, {"pred": preds})
                 bar.update(1)
             bar.close()
-            (self.folder / "COMPLETE").write_text(str(self.steps))
+            atomic_write_bytes(self.folder / "COMPLETE", str(self.steps).encode())
             return time.perf_counter() - start
 
 

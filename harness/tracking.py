@@ -8,6 +8,15 @@ Choices:
   open it at once); workers use ``Tracker.attach(uri, experiment_id)``, which creates nothing.
 - An HTTP server is checked once with no retries and a short timeout, so a wrong URI fails
   in seconds with ``TrackingError`` instead of retrying for minutes.
+- Later calls to a server (logging while cells train) ride out an outage: a call that meets
+  a refused connection, a timeout or a 502/503/504 is retried with exponential backoff
+  (0.5 s doubling to 30 s) for up to ``KDBENCH_TRACKING_RETRY_S`` seconds (default 300),
+  with MLflow's own retries off so that the bound is ours.  Metric points keep the
+  timestamps they were logged with, so a retried batch is stored once.  ``create_run`` is
+  retried only when the connection was refused (nothing reached the server), so a retry
+  cannot make a second run.  When the bound is spent, the Tracker raises one
+  ``TrackingError`` naming the server (password masked) and what to do, and fails fast
+  from then on; buffered metrics stay buffered.
 - Metrics are buffered and sent with ``log_batch`` (one ``log_metric`` over HTTP costs ~60 ms).
   Non-finite values (NaN, +-inf) are logged as NaN, so a blow-up stays visible in the history
   (SQLite would otherwise store inf as the largest float).
@@ -21,6 +30,7 @@ Choices:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -34,6 +44,8 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from harness.errors import TrackingError
 from harness.schema import Status, Tag
+
+log = logging.getLogger("kdbench")
 
 _MLFLOW_END_STATUS = {
     Status.FINISHED: "FINISHED",
@@ -55,6 +67,70 @@ _SECRET_QUERY_KEYS = {
 DEFAULT_SUBDIR = "kdbench-out"
 CHECK_TIMEOUT_S = 3
 FLUSH_EVERY = 100
+RETRY_ENV = "KDBENCH_TRACKING_RETRY_S"
+DEFAULT_RETRY_S = 300.0
+REQUEST_TIMEOUT_S = 30
+_REFUSED = ("Connection refused", "NewConnectionError", "Failed to establish a new connection")
+_TRANSIENT = _REFUSED + (
+    "Max retries exceeded",
+    "Read timed out",
+    "timed out",
+    "Connection aborted",
+    "Connection reset",
+    "RemoteDisconnected",
+    "error code 502",
+    "error code 503",
+    "error code 504",
+    "too many 502",
+    "too many 503",
+    "too many 504",
+)
+
+
+def retry_budget() -> float:
+    """Seconds a call to a tracking server may spend retrying (``KDBENCH_TRACKING_RETRY_S``)."""
+    raw = os.environ.get(RETRY_ENV, "").strip()
+    if not raw:
+        return DEFAULT_RETRY_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise TrackingError(f"{RETRY_ENV}={raw!r}: expected a number of seconds >= 0, e.g. 300")
+    return value
+
+
+def _transient(exc: BaseException, idempotent: bool) -> bool:
+    """Whether ``exc`` says the server is away (worth retrying) rather than refusing the call."""
+    import requests
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, requests.ConnectionError) and (
+            idempotent or any(m in str(seen) for m in _REFUSED)
+        ):
+            return True
+        if idempotent and isinstance(seen, requests.Timeout):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    text = str(exc)
+    return any(m in text for m in (_TRANSIENT if idempotent else _REFUSED))
+
+
+def _reason(exc: BaseException, uri: str) -> str:
+    text = str(exc)
+    for marker, short in (
+        ("Connection refused", "connection refused"),
+        ("timed out", "timed out"),
+        ("Connection reset", "connection reset"),
+        ("RemoteDisconnected", "connection closed by the server"),
+        ("error code 50", "server error"),
+        ("too many 50", "server error"),
+    ):
+        if marker in text:
+            return short
+    return _scrub(text, uri)[:200]
 
 
 def resolve_uri(uri: str | None, workdir: str | os.PathLike = ".") -> str:
@@ -69,7 +145,7 @@ def resolve_uri(uri: str | None, workdir: str | os.PathLike = ".") -> str:
         folder = Path(workdir).resolve() / DEFAULT_SUBDIR
         folder.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{folder / 'mlflow.db'}"
-    db = _sqlite_path(chosen)
+    db = sqlite_path(chosen)
     if db is not None and not db.is_absolute():
         query = chosen.partition("?")[2]
         absolute = Path(workdir).resolve() / db
@@ -102,7 +178,7 @@ def mask_uri(uri: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
-def _sqlite_path(uri: str) -> Path | None:
+def sqlite_path(uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` URI (None for other schemes or in-memory)."""
     if not uri.startswith("sqlite:///"):
         return None
@@ -173,7 +249,7 @@ def open_client(uri: str, create: bool = False):
     """
     from mlflow.tracking import MlflowClient
 
-    db = _sqlite_path(uri)
+    db = sqlite_path(uri)
     if db is not None:
         if not create and not db.exists():
             raise TrackingError(
@@ -223,7 +299,7 @@ class Tracker:
     @classmethod
     def attach(cls, uri: str, experiment_id: str) -> Tracker:
         """A Tracker for an existing store and experiment; creates nothing."""
-        db = _sqlite_path(uri)
+        db = sqlite_path(uri)
         if db is not None and not db.exists():
             raise TrackingError(
                 f"no tracking store at {db}; create it with Tracker(uri, experiment) first"
@@ -243,6 +319,8 @@ class Tracker:
         self._lock = threading.Lock()
         self._buffer: dict[str, list] = {}
         self._buffered = 0
+        self.retry_s = retry_budget()
+        self._down: str | None = None
         if client is not None:
             self._client = client
             return
@@ -270,47 +348,112 @@ class Tracker:
     @property
     def experiment(self) -> str:
         if self._experiment is None:
-            with self._errors("read experiment"):
-                self._experiment = self._client.get_experiment(self.experiment_id).name
+            found = self._call("read experiment", self._client.get_experiment, self.experiment_id)
+            self._experiment = found.name
         return self._experiment
 
     # -- store and experiment --------------------------------------------------------------
-    @contextmanager
-    def _errors(self, what: str) -> Iterator[None]:
-        try:
-            yield
-        except TrackingError:
-            raise
-        except Exception as exc:
-            raise TrackingError(
-                f"{what} failed on {mask_uri(self.uri)}: {_scrub(str(exc), self.uri)}"
-            ) from None
+    @property
+    def down(self) -> bool:
+        """True once a call gave up on an unreachable server (later calls fail at once)."""
+        return self._down is not None
+
+    def _call(self, what: str, fn, *args: Any, idempotent: bool = True, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)``; errors become one-line ``TrackingError``s.
+
+        On an HTTP server, an outage is retried with backoff for ``retry_s`` seconds
+        (see the module's notes); a refused call (bad input, 4xx) fails at once.
+        """
+        if self._down is not None:
+            raise TrackingError(self._down)
+        if not _is_http(self.uri):
+            try:
+                return fn(*args, **kwargs)
+            except TrackingError:
+                raise
+            except Exception as exc:
+                raise TrackingError(
+                    f"{what} failed on {mask_uri(self.uri)}: {_scrub(str(exc), self.uri)}"
+                ) from None
+        env = {
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": str(REQUEST_TIMEOUT_S),
+            # MLflow prints "View run ... at <uri>" on stdout, password included
+            "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+        }
+        started, delay = None, 0.5
+        while True:
+            try:
+                with env_override(**env):
+                    result = fn(*args, **kwargs)
+                if started is not None:
+                    log.warning(
+                        "tracking server %s is back after %.0f s; %s went through",
+                        mask_uri(self.uri),
+                        time.monotonic() - started,
+                        what,
+                    )
+                return result
+            except TrackingError:
+                raise
+            except Exception as exc:
+                if not _transient(exc, idempotent):
+                    raise TrackingError(
+                        f"{what} failed on {mask_uri(self.uri)}: {_scrub(str(exc), self.uri)}"
+                    ) from None
+                now = time.monotonic()
+                if started is None:
+                    started = now
+                    log.warning(
+                        "tracking server %s does not answer (%s: %s); retrying for up to %g s",
+                        mask_uri(self.uri),
+                        what,
+                        _reason(exc, self.uri),
+                        self.retry_s,
+                    )
+                if now - started >= self.retry_s:
+                    self._down = (
+                        f"tracking server {mask_uri(self.uri)} did not answer for "
+                        f"{now - started:.0f} s ({what}: {_reason(exc, self.uri)}); finished "
+                        "cells are recorded and checkpoints kept: once the server is back, "
+                        "re-run the grid to resume the rest (to wait longer during a run, set "
+                        f"{RETRY_ENV}, now {self.retry_s:g} s)"
+                    )
+                    raise TrackingError(self._down) from None
+                time.sleep(min(delay, max(0.0, started + self.retry_s - now)))
+                delay = min(delay * 2, 30.0)
 
     def _default_artifact_location(self, experiment: str) -> str | None:
-        db = _sqlite_path(self.uri)
+        db = sqlite_path(self.uri)
         if db is None:
             return None
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment).strip("_") or "experiment"
         return (db.resolve().parent / "mlartifacts" / slug).as_uri()
 
     def _get_or_create_experiment(self, name: str, artifact_location: str | None) -> str:
-        with self._errors(f"get or create experiment {name!r}"):
-            found = self._client.get_experiment_by_name(name)
-            if found is None:
-                location = artifact_location or self._default_artifact_location(name)
-                try:
-                    return self._client.create_experiment(name, artifact_location=location)
-                except Exception:
-                    found = self._client.get_experiment_by_name(name)  # created meanwhile
-                    if found is None:
-                        raise
-            if found.lifecycle_stage != "active":
-                raise TrackingError(
-                    f"experiment {name!r} is deleted in {mask_uri(self.uri)}; restore it "
-                    f"(mlflow experiments restore --experiment-id {found.experiment_id}) "
-                    "or choose another name"
+        what = f"get or create experiment {name!r}"
+        found = self._call(what, self._client.get_experiment_by_name, name)
+        if found is None:
+            location = artifact_location or self._default_artifact_location(name)
+            try:
+                return self._call(
+                    what,
+                    self._client.create_experiment,
+                    name,
+                    artifact_location=location,
+                    idempotent=False,
                 )
-            return found.experiment_id
+            except TrackingError:
+                found = self._call(what, self._client.get_experiment_by_name, name)  # raced
+                if found is None:
+                    raise
+        if found.lifecycle_stage != "active":
+            raise TrackingError(
+                f"experiment {name!r} is deleted in {mask_uri(self.uri)}; restore it "
+                f"(mlflow experiments restore --experiment-id {found.experiment_id}) "
+                "or choose another name"
+            )
+        return found.experiment_id
 
     # -- runs ------------------------------------------------------------------------------
     def start_run(
@@ -324,8 +467,14 @@ class Tracker:
 
         all_tags = {str(k): _stringify(v, MAX_TAG_VAL_LENGTH) for k, v in (tags or {}).items()}
         all_tags[str(Tag.STATUS)] = str(Status.RUNNING)
-        with self._errors(f"start run {name!r}"):
-            run = self._client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        run = self._call(
+            f"start run {name!r}",
+            self._client.create_run,
+            self.experiment_id,
+            run_name=name,
+            tags=all_tags,
+            idempotent=False,
+        )
         run_id = run.info.run_id
         if params:
             self.log_params(run_id, params)
@@ -333,9 +482,9 @@ class Tracker:
 
     def resume_run(self, run_id: str) -> None:
         """Mark an existing run as running again (MLflow status RUNNING)."""
-        with self._errors(f"resume run {run_id}"):
-            self._client.update_run(run_id, status="RUNNING")
-            self._client.set_tag(run_id, str(Tag.STATUS), str(Status.RUNNING))
+        what = f"resume run {run_id}"
+        self._call(what, self._client.update_run, run_id, status="RUNNING")
+        self._call(what, self._client.set_tag, run_id, str(Tag.STATUS), str(Status.RUNNING))
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         """Params as strings (containers as JSON), cut to MLflow's length limit."""
@@ -343,18 +492,18 @@ class Tracker:
         from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 
         items = [Param(str(k), _stringify(v, MAX_PARAM_VAL_LENGTH)) for k, v in params.items()]
-        with self._errors(f"log params of run {run_id}"):
-            for i in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
-                self._client.log_batch(run_id, params=items[i : i + MAX_PARAMS_TAGS_PER_BATCH])
+        for i in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
+            chunk = items[i : i + MAX_PARAMS_TAGS_PER_BATCH]
+            self._call(f"log params of run {run_id}", self._client.log_batch, run_id, params=chunk)
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
         from mlflow.utils.validation import MAX_PARAMS_TAGS_PER_BATCH, MAX_TAG_VAL_LENGTH
 
         items = [RunTag(str(k), _stringify(v, MAX_TAG_VAL_LENGTH)) for k, v in tags.items()]
-        with self._errors(f"set tags of run {run_id}"):
-            for i in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
-                self._client.log_batch(run_id, tags=items[i : i + MAX_PARAMS_TAGS_PER_BATCH])
+        for i in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
+            chunk = items[i : i + MAX_PARAMS_TAGS_PER_BATCH]
+            self._call(f"set tags of run {run_id}", self._client.log_batch, run_id, tags=chunk)
 
     def log_metrics(
         self, run_id: str, metrics: Mapping[str, float], step: int | None = None
@@ -377,17 +526,25 @@ class Tracker:
             self.flush()
 
     def flush(self, run_id: str | None = None) -> None:
-        """Send buffered metrics (of one run, or of all runs)."""
+        """Send buffered metrics (of one run, or of all runs).
+
+        What could not be sent stays buffered (a later flush sends it, with the timestamps
+        it was logged with) and the ``TrackingError`` is raised.
+        """
         from mlflow.utils.validation import MAX_METRICS_PER_BATCH
 
         with self._lock:
             ids = [run_id] if run_id is not None else list(self._buffer)
-            pending = {rid: self._buffer.pop(rid, []) for rid in ids}
-            self._buffered -= sum(len(v) for v in pending.values())
-            for rid, entries in pending.items():
-                with self._errors(f"log metrics of run {rid}"):
-                    for i in range(0, len(entries), MAX_METRICS_PER_BATCH):
-                        self._client.log_batch(rid, metrics=entries[i : i + MAX_METRICS_PER_BATCH])
+            for rid in ids:
+                entries = self._buffer.get(rid, [])
+                while entries:
+                    chunk = entries[:MAX_METRICS_PER_BATCH]
+                    self._call(
+                        f"log metrics of run {rid}", self._client.log_batch, rid, metrics=chunk
+                    )
+                    del entries[: len(chunk)]
+                    self._buffered -= len(chunk)
+                self._buffer.pop(rid, None)
 
     def finish(self, run_id: str, status: str, error: str | None = None) -> None:
         """Flush, set ``kdbench.status`` and end the MLflow run.
@@ -404,25 +561,36 @@ class Tracker:
         if error:
             tags[Tag.ERROR] = _scrub(error, self.uri)
         self.set_tags(run_id, tags)
-        with self._errors(f"finish run {run_id}"):
-            self._client.set_terminated(run_id, status=_MLFLOW_END_STATUS[status])
+        self._call(
+            f"finish run {run_id}",
+            self._client.set_terminated,
+            run_id,
+            status=_MLFLOW_END_STATUS[status],
+        )
 
     # -- artifacts -------------------------------------------------------------------------
     def log_artifact(
         self, run_id: str, path: str | os.PathLike, artifact_path: str | None = None
     ) -> None:
-        with self._errors(f"log artifact {path} of run {run_id}"):
-            self._client.log_artifact(run_id, str(path), artifact_path)
+        what = f"log artifact {path} of run {run_id}"
+        self._call(what, self._client.log_artifact, run_id, str(path), artifact_path)
+
+    def log_artifacts(
+        self, run_id: str, folder: str | os.PathLike, artifact_path: str | None = None
+    ) -> None:
+        """Every file under ``folder``, kept in its layout under ``artifact_path``."""
+        with self._errors(f"log artifacts {folder} of run {run_id}"):
+            self._client.log_artifacts(run_id, str(folder), artifact_path)
 
     def log_json(self, run_id: str, obj: Any, name: str) -> None:
         """``obj`` as a JSON artifact ``name`` (e.g. ``config.json``)."""
-        with self._errors(f"log {name} of run {run_id}"):
-            self._client.log_dict(run_id, json.loads(json.dumps(obj, default=str)), name)
+        plain = json.loads(json.dumps(obj, default=str))
+        self._call(f"log {name} of run {run_id}", self._client.log_dict, run_id, plain, name)
 
     def log_image(self, run_id: str, image: Any, name: str) -> None:
         """A PIL image or an ``[H,W(,C)]`` array (uint8, or float in [0,1]) as a PNG."""
-        with self._errors(f"log image {name} of run {run_id}"):
-            self._client.log_image(run_id, image, artifact_file=name)
+        what = f"log image {name} of run {run_id}"
+        self._call(what, self._client.log_image, run_id, image, artifact_file=name)
 
     def log_figure(self, run_id: str, figure: Any, name: str) -> None:
         """A matplotlib figure (or, like ``log_image``, a PIL image / array)."""
@@ -431,8 +599,9 @@ class Tracker:
         if not isinstance(figure, Figure):
             self.log_image(run_id, figure, name)
             return
-        with self._errors(f"log figure {name} of run {run_id}"):
-            self._client.log_figure(run_id, figure, name)
+        self._call(
+            f"log figure {name} of run {run_id}", self._client.log_figure, run_id, figure, name
+        )
 
     # -- reading ---------------------------------------------------------------------------
     def find_runs(self, tag_filters: Mapping[str, str]) -> list[dict[str, Any]]:
@@ -444,19 +613,27 @@ class Tracker:
         clauses = [f"tags.`{key}` = {_quote(str(value))}" for key, value in tag_filters.items()]
         runs: list[dict[str, Any]] = []
         token = None
-        with self._errors("search runs"):
-            while True:
-                page = self._client.search_runs(
-                    [self.experiment_id],
-                    filter_string=" and ".join(clauses),
-                    order_by=["attributes.start_time DESC"],
-                    max_results=1000,
-                    page_token=token,
-                )
-                runs.extend(_run_dict(run) for run in page)
-                token = page.token
-                if not token:
-                    return runs
+        while True:
+            page = self._call(
+                "search runs",
+                self._client.search_runs,
+                [self.experiment_id],
+                filter_string=" and ".join(clauses),
+                order_by=["attributes.start_time DESC"],
+                max_results=1000,
+                page_token=token,
+            )
+            runs.extend(_run_dict(run) for run in page)
+            token = page.token
+            if not token:
+                return runs
+
+    def last_step(self, run_id: str, key: str) -> int:
+        """The highest step logged for metric ``key`` of a run (-1 when none)."""
+        self.flush(run_id)
+        what = f"read the history of {key} in run {run_id}"
+        points = self._call(what, self._client.get_metric_history, run_id, key)
+        return max((p.step for p in points), default=-1)
 
     def latest_run_for_cell(self, cell_id: str) -> dict[str, Any] | None:
         """The newest run tagged ``kdbench.cell_id=cell_id``, or None."""

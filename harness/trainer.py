@@ -437,8 +437,16 @@ def train(
         teacher.seconds = 0.0
     params = list(model.parameters()) + (list(objective.parameters()) if kd else [])
     clipped = params if settings.grad_clip_scope == "all" else list(model.parameters())
+    # foreach: one multi-tensor kernel per update instead of a dozen small ops per
+    # parameter tensor (183 of them in the bench's 38k student); on CPU it gives the same
+    # bits as the per-tensor loop (benchmarks/bench_step.py checks) and is the default
+    # on GPUs already.  ``fused`` and channels_last were faster here but change the bits.
     optimizer = torch.optim.AdamW(
-        params, lr=settings.lr, betas=tuple(settings.betas), weight_decay=settings.weight_decay
+        params,
+        lr=settings.lr,
+        betas=tuple(settings.betas),
+        weight_decay=settings.weight_decay,
+        foreach=True,
     )
     set_lr = lr_setter(optimizer, settings)
     ema = make_ema(model, settings.ema_decay)
@@ -482,7 +490,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if settings.grad_clip:
-                torch.nn.utils.clip_grad_norm_(clipped, settings.grad_clip)
+                torch.nn.utils.clip_grad_norm_(clipped, settings.grad_clip, foreach=True)
             optimizer.step()
             ema.update_parameters(model)
             if timed_from is not None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 from harness.errors import KDBenchError, TrackingError
-from harness.schema import Kind
+from harness.schema import Kind, Status
 from harness.tracking import mask_uri, resolve_uri
 from leaderboards import stats
 from leaderboards.load import load_runs, run_metadata
@@ -94,8 +95,39 @@ def report(
     verdicts compare against; ``alpha`` the level of every test and interval.
     ``compare_ids=(A, B)`` adds a table comparing grid (or experiment) A with B.  Plots
     without data (e.g. no lift/place runs, no sample artifacts) are skipped, and the
-    metadata says so.
+    metadata says so.  The HTML page embeds every figure written, so without ``plot_dir``
+    they are drawn in a temporary folder for it.
     """
+    with tempfile.TemporaryDirectory() as tmp:
+        embedded_only = fmt == "html" and plot_dir is None
+        tables, metadata, plots = collect(
+            uri,
+            experiments,
+            grid_ids,
+            Path(tmp) if embedded_only else plot_dir,
+            metric,
+            compare_ids,
+            collapse_fid,
+            baseline,
+            alpha,
+        )
+        if embedded_only:
+            metadata["plots"] = ", ".join(p.name for p in plots) or "none"
+        return render(tables, fmt, metadata, plots=plots)
+
+
+def collect(
+    uri: str | None,
+    experiments: list[str] | None = None,
+    grid_ids: list[str] | None = None,
+    plot_dir=None,
+    metric: str = "fid",
+    compare_ids: tuple[str, str] | None = None,
+    collapse_fid: float | None = None,
+    baseline: str | None = None,
+    alpha: float = stats.ALPHA,
+) -> tuple[list, dict, list[Path]]:
+    """``(tables, metadata, plot paths)`` of a leaderboard, ready for ``render`` (see ``report``)."""
     check_alpha(alpha)
     uri = resolve_uri(uri)
     ids = list(grid_ids or [])
@@ -117,6 +149,7 @@ def report(
     view_note = None
     if not grid_ids and not compare_ids:
         main, view_note = latest_grid(df)
+    _require_results(main, uri, experiments, grid_ids)
     cells = main[main["kind"] == Kind.CELL] if "kind" in main else main
     if baseline is not None:
         check_baseline(main, baseline)
@@ -145,6 +178,7 @@ def report(
         metadata["baseline"] = (
             f"none: no {DEFAULT_BASELINE!r} runs; pass --baseline NAME for paired differences"
         )
+    plots: list[Path] = []
     if plot_dir is not None:
         folder = Path(plot_dir)
         written = [
@@ -164,15 +198,29 @@ def report(
             "slopes (fewer than two teacher sizes)",
         )
         skipped = [why for why, p in zip(reasons, written) if p is None]
-        metadata["plots"] = ", ".join(str(p) for p in written if p is not None) or "none"
+        plots = [Path(p) for p in written if p is not None]
+        metadata["plots"] = ", ".join(str(p) for p in plots) or "none"
         if skipped:
             metadata["plots skipped"] = "; ".join(skipped)
-    return render(tables, fmt, metadata)
+    return tables, metadata, plots
 
 
 def check_alpha(alpha: float) -> None:
     if not 0 < alpha < 1:
         raise KDBenchError(f"alpha must be between 0 and 1 (exclusive), got {alpha:g}")
+
+
+def _require_results(df: pd.DataFrame, uri: str, experiments, grid_ids) -> None:
+    """A selection whose cells all failed (or never ran) has nothing to rank: say so."""
+    cells = df[df["kind"] == Kind.CELL] if "kind" in df else df.iloc[0:0]
+    if cells["status"].isin([Status.FINISHED, Status.DIVERGED]).any():
+        return
+    scope = ", ".join(list(grid_ids or []) + list(experiments or [])) or mask_uri(uri)
+    counts = ", ".join(f"{n} {s}" for s, n in cells["status"].value_counts().items())
+    raise TrackingError(
+        f"no finished cell in {scope} ({counts or 'no cell runs'}): nothing to rank "
+        "yet; see each run's kdbench.error tag, fix the cause and re-run the grid"
+    )
 
 
 def compare_report(

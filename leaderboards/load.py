@@ -6,6 +6,13 @@ git_commit, version, fid_features, teacher_mode, torch_fidelity, fid_reference, 
 for counts and sizes, float for ``lr``; the rest strings); every metric's last value as
 float.  ``status`` falls back to MLflow's own status (lower case) when the tag is missing.
 A param whose name collides with a metric or tag column is stored as ``param:<name>``.
+A grid's own run (``kdbench.kind=grid``, the parent that holds the rendered leaderboard) is
+left out: tables are rebuilt from the cell and teacher runs alone.
+
+A teacher-independent cell (the no-KD baseline, run once for all teachers; tag
+``kdbench.shared_teachers``) becomes one row per teacher it stands for, with that
+teacher's name and size and the same ``run_id``: every table, plot and seed-paired
+statistic then finds the baseline at each teacher.  Count runs with ``run_id.nunique()``.
 
 ``objective_label`` is the leaderboard's row key: one value per objective *specification*
 (name and every option).  It is the run's label (``objective`` for runs that predate
@@ -25,7 +32,15 @@ from typing import Any
 import pandas as pd
 
 from harness.errors import TrackingError
-from harness.schema import FLOAT_PARAMS, INT_PARAMS, STR_PARAMS, TABLE_METRICS, TABLE_TAGS, Kind
+from harness.schema import (
+    FLOAT_PARAMS,
+    INT_PARAMS,
+    STR_PARAMS,
+    TABLE_METRICS,
+    TABLE_TAGS,
+    Kind,
+    Tag,
+)
 from harness.tracking import mask_uri, open_client, resolve_uri
 
 TAGS = tuple(tag.column for tag in TABLE_TAGS)
@@ -124,6 +139,57 @@ def _typed(rows: list[dict]) -> pd.DataFrame:
     return df[front + rest].reset_index(drop=True)
 
 
+def _teacher_sizes(df: pd.DataFrame) -> tuple[dict, dict]:
+    """Teacher parameter counts by (grid_id, teacher) and by teacher, from the other runs."""
+    known = df[df["shared_teachers"].isna() & df["teacher"].notna() & df["teacher_params"].notna()]
+    by_grid = known.groupby(["grid_id", "teacher"], dropna=True)["teacher_params"].first()
+    by_name = known.groupby("teacher")["teacher_params"].first()
+    return by_grid.to_dict(), by_name.to_dict()
+
+
+def _members(text: Any) -> list[tuple[str, str | None]]:
+    """The (teacher, teacher_id) pairs of a ``kdbench.shared_teachers`` tag (names alone too)."""
+    try:
+        items = json.loads(text)
+    except (TypeError, ValueError):
+        return []
+    if not isinstance(items, list):
+        return []
+    return [
+        (str(m.get("teacher")), m.get("teacher_id")) if isinstance(m, dict) else (str(m), None)
+        for m in items
+    ]
+
+
+def spread_shared_cells(df: pd.DataFrame) -> pd.DataFrame:
+    """Each teacher-independent cell once per teacher it stands for (see the module doc)."""
+    shared = (df["kind"] == Kind.CELL) & df["shared_teachers"].notna()
+    if not shared.any():
+        return df
+    by_grid, by_name = _teacher_sizes(df)
+    index, teachers, ids, copies = [], [], [], []
+    for i in df.index:
+        members = [(df.at[i, "teacher"], df.at[i, "teacher_id"])]
+        if shared[i]:
+            members = _members(df.at[i, "shared_teachers"]) or members
+        index += [i] * len(members)
+        teachers += [name for name, _ in members]
+        ids += [teacher_id for _, teacher_id in members]
+        copies += [bool(shared[i])] * len(members)
+    out = df.loc[index].reset_index(drop=True)
+    out["teacher"] = pd.Series(teachers, dtype=object)
+    out["teacher_id"] = pd.Series(ids, dtype=object)
+    sizes = [
+        by_grid.get((g, t), by_name.get(t)) if copy else p
+        for g, t, p, copy in zip(out["grid_id"], out["teacher"], out["teacher_params"], copies)
+    ]
+    out["teacher_params"] = pd.array(
+        pd.to_numeric(pd.Series(sizes, dtype=object), errors="coerce").round(), dtype="Int64"
+    )
+    out.attrs.update(df.attrs)
+    return out
+
+
 def _plugin_defaults(name: str) -> dict[str, Any]:
     try:
         from harness.registry import lookup
@@ -182,7 +248,8 @@ def key_objectives(df: pd.DataFrame) -> pd.DataFrame:
 def load_runs(
     uri: str | None, experiment_names: list[str] | None = None, grid_ids: list[str] | None = None
 ) -> pd.DataFrame:
-    """All runs of the given experiments (default: every active one), one row per run.
+    """All runs of the given experiments (default: every active one), one row per run
+    (a teacher-independent cell: one per teacher it stands for).
 
     ``grid_ids`` keeps runs tagged with one of those ``kdbench.grid_id`` values.
     """
@@ -196,10 +263,12 @@ def load_runs(
         seen = set()
         for filter_string in filters:
             for run in _search(client, list(names), filter_string):
+                if run.data.tags.get(Tag.KIND) == Kind.GRID:
+                    continue
                 if run.info.run_id not in seen:
                     seen.add(run.info.run_id)
                     rows.append(_row(run, names))
-    df = key_objectives(_typed(rows))
+    df = spread_shared_cells(key_objectives(_typed(rows)))
     df.attrs["tracking_uri"] = mask_uri(uri)
     return df
 
@@ -224,7 +293,7 @@ def run_metadata(df: pd.DataFrame) -> dict[str, str]:
 
     cells = df[df["kind"] == Kind.CELL]
     teachers = df[df["kind"] == Kind.TEACHER]
-    counts = cells["status"].value_counts()
+    counts = cells.drop_duplicates("run_id")["status"].value_counts()
     status = ", ".join(f"{n} {s}" for s, n in counts.items())
     grids = sorted(
         {(str(g), str(n)) for g, n in zip(df["grid_id"], df["grid_name"]) if g is not None}
@@ -241,7 +310,8 @@ def run_metadata(df: pd.DataFrame) -> dict[str, str]:
         + (f" at {_unique(df['image_size'])} px" if df["image_size"].notna().any() else ""),
         "FID computed with": _unique(df["fid_features"]),
         "metric provenance": _provenance(df),
-        "runs": f"{len(cells)} cells ({status or 'none'}), {len(teachers)} teacher evaluations",
+        "runs": f"{cells['run_id'].nunique()} cells ({status or 'none'}), "
+        f"{len(teachers)} teacher evaluations",
         "run dates": (f"{dates.min():%Y-%m-%d} .. {dates.max():%Y-%m-%d}" if len(dates) else "n/a"),
         "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }

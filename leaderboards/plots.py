@@ -101,7 +101,8 @@ def plot_capacity_gap(
 ) -> Path | None:
     """Metric vs teacher size, one line per objective, error bars = std over seeds."""
     stats = cell_stats(df, metric, collapse_fid).reset_index()
-    stats = stats[np.isfinite(stats["teacher_params"].to_numpy(dtype=float))]
+    params = stats["teacher_params"].to_numpy(dtype=float, na_value=np.nan)  # pd.NA: unknown
+    stats = stats[np.isfinite(params)]
     objectives = objective_order(stats["objective"])
     colors = _colors(objectives)
     arrow = "↑" if higher_is_better(metric) else "↓"

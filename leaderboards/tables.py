@@ -8,7 +8,8 @@
   (MLPerf's rule): shown as such, not averaged over its survivors.  The marked cells are the
   tie group of each teacher: the best mean and every objective a seed-paired test cannot
   separate from it (``leaderboards.stats.tie_groups``).
-- ``overhead_table``: iter/s and peak memory per objective, relative to outkd (Table 9).
+- ``overhead_table``: iter/s and peak memory per objective, relative to outkd (Table 9),
+  and where a cell's time goes (start, teacher, train, sample, metrics, log).
 - ``teacher_table``: each teacher's size and quality.
 - ``compare``: one metric of two grids side by side with deltas, paired intervals over
   shared seeds (or Welch's when the grids cannot be paired) and tie marking.
@@ -39,6 +40,8 @@ LOWER_IS_BETTER = {
     Metric.TIME_METRICS_S,
     Metric.TIME_TEACHER_S,
     Metric.TIME_ASSISTANT_S,
+    Metric.TIME_START_S,
+    Metric.TIME_LOG_S,
     Metric.TEACHER_SHARE,
 }
 HIGHER_IS_BETTER = {
@@ -73,6 +76,11 @@ class Table:
     display: pd.DataFrame
     notes: list[str] = field(default_factory=list)
     best: set[tuple[str, str]] = field(default_factory=set)  # (display row, display column)
+
+    def __post_init__(self) -> None:
+        # Rows are keyed by the objective's specification; readers see the column "objective".
+        for frame in (self.data, self.display):
+            frame.rename_axis(index={ROW_KEY: "objective"}, inplace=True)
 
 
 def higher_is_better(metric: str) -> bool:
@@ -148,7 +156,10 @@ def _check_metric(df: pd.DataFrame, metric: str) -> None:
 
 
 def _cells(df: pd.DataFrame) -> pd.DataFrame:
-    return df[df["kind"] == Kind.CELL]
+    """The cell runs, with the row key (``ROW_KEY``) filled in for every run."""
+    cells = df[df["kind"] == Kind.CELL].copy()
+    cells[ROW_KEY] = row_key(cells)
+    return cells
 
 
 def _stats(values: pd.Series) -> tuple[float, float, int]:
@@ -265,7 +276,7 @@ def capacity_gap_table(
     objectives = objective_order(cell.index.get_level_values("objective"))
     labels = dict(zip(teachers["teacher"], teachers["label"]))
     data = cell.copy()
-    ties = stats.tie_groups(_cells(df), metric, higher_is_better(metric), alpha)
+    ties = stats.tie_groups(_cells(df), metric, higher_is_better(metric), alpha, key=ROW_KEY)
     data["best"] = ties["best"].reindex(data.index).fillna(False).astype(bool)
     data["tied"] = ties["tied"].reindex(data.index).fillna(False).astype(bool)
     data["p_vs_best"] = ties["p_holm"].reindex(data.index)
@@ -348,8 +359,24 @@ def _modes(group: pd.DataFrame) -> str:
     return "/".join(sorted({str(m) for m in group["teacher_mode"].dropna()}))
 
 
+PHASES = {
+    "time_start_s": "start s",
+    "time_teacher_s": "teacher s",
+    "time_train_s": "train s",
+    "time_sample_s": "sample s",
+    "time_metrics_s": "metrics s",
+    "time_log_s": "log s",
+}
+"""A cell's phases in the order they run (metric -> overhead table column)."""
+
+
+def _seconds(x: float) -> str:
+    return "–" if not np.isfinite(x) else f"{x:.1f}"
+
+
 def overhead_table(df: pd.DataFrame, teacher: str | None = None) -> Table:
-    """Training cost per objective over finished cells: iter/s, peak memory, vs outkd in %.
+    """Training cost per objective over finished cells: iter/s, peak memory, vs outkd in %,
+    and the mean seconds of each phase of a cell (``PHASES``).
 
     The relative columns are ``100 * (x / x_outkd - 1)``.  With ``teacher=None`` every
     teacher and seed is pooled, which is fair when every objective ran on the same cells.
@@ -358,23 +385,34 @@ def overhead_table(df: pd.DataFrame, teacher: str | None = None) -> Table:
     cells = cells[cells["status"] == Status.FINISHED]
     if teacher is not None:
         cells = cells[cells["teacher"] == teacher]
+    elif "run_id" in cells:  # a teacher-independent run counts once, not once per teacher
+        cells = cells.drop_duplicates("run_id")
     rows = []
     keys = row_key(cells)
     for objective in objective_order(keys):
         group = cells[keys == objective]
-        rows.append(
-            {
-                "objective": objective,
-                "iter_per_s": _stats(group["iter_per_s"])[0],
-                "peak_mem_mb": _stats(group["peak_mem_mb"])[0],
-                "teacher_share": _stats(group["teacher_share"])[0],
-                "teacher_mode": _modes(group),
-                "n": len(group),
-            }
-        )
+        row = {
+            "objective": objective,
+            "iter_per_s": _stats(group["iter_per_s"])[0],
+            "peak_mem_mb": _stats(group["peak_mem_mb"])[0],
+            "teacher_share": _stats(group["teacher_share"])[0],
+            "teacher_mode": _modes(group),
+            "n": len(group),
+        }
+        for metric in PHASES:
+            row[metric] = _stats(group[metric])[0] if metric in group else math.nan
+        rows.append(row)
     data = pd.DataFrame(
         rows,
-        columns=["objective", "iter_per_s", "peak_mem_mb", "teacher_share", "teacher_mode", "n"],
+        columns=[
+            "objective",
+            "iter_per_s",
+            "peak_mem_mb",
+            "teacher_share",
+            "teacher_mode",
+            "n",
+            *PHASES,
+        ],
     ).set_index("objective")
     notes = [
         "Means over finished cells; relative columns are 100·(x / x_outkd − 1); "
@@ -405,6 +443,18 @@ def overhead_table(df: pd.DataFrame, teacher: str | None = None) -> Table:
         notes.append(
             "teacher: 'cached' cells read the teacher's predictions computed once per "
             "(teacher, seed); 'live' cells (feature KD) run the teacher at every step."
+        )
+    shown = [metric for metric in PHASES if data[metric].notna().any()]
+    for metric in shown:
+        display[PHASES[metric]] = [_seconds(x) for x in data[metric]]
+    if shown:
+        data["time_cell_s"] = data[shown].sum(axis=1, min_count=1)
+        display["cell s"] = [_seconds(x) for x in data["time_cell_s"]]
+        notes.append(
+            "Phases, mean seconds per cell: start = process creation to the end of set-up "
+            "(imports, store, data); teacher = loading it and its cached predictions; "
+            "train = the training loop (with step logging); sample; metrics; log = the "
+            "artifacts; cell = their sum (TAKD's assistant is built once and not counted)."
         )
     display["n"] = [str(int(n)) for n in data["n"]]
     kd = data.drop(index="none", errors="ignore")  # no distillation is trivially cheapest
@@ -523,8 +573,8 @@ def compare(
     data = data.set_index(["objective", "teacher"])
 
     can_pair, why_not = pairable(df_a, df_b)
-    values_a = stats.seed_values(_cells(df_a), metric)
-    values_b = stats.seed_values(_cells(df_b), metric)
+    values_a = stats.seed_values(_cells(df_a), metric, key=ROW_KEY)
+    values_b = stats.seed_values(_cells(df_b), metric, key=ROW_KEY)
     results = []
     for key in data.index:
         va = values_a.loc[key] if key in values_a.index else pd.Series(dtype=float)

@@ -12,7 +12,7 @@
   seeds are needed.
 
 Each returns a ``leaderboards.tables.Table``; ``data`` holds the numbers (CSV), ``display``
-the strings.  Rows are keyed by ``stats.KEY``.
+the strings.  Rows are keyed by ``tables.ROW_KEY`` (one per objective specification).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from harness.errors import KDBenchError
 from harness.schema import Metric, Status
 from leaderboards import stats
 from leaderboards.tables import (
+    ROW_KEY,
     Table,
     _cells,
     _check_metric,
@@ -36,7 +37,7 @@ from leaderboards.tables import (
     teacher_order,
 )
 
-KEY = stats.KEY
+KEY = ROW_KEY  # one row per objective specification (leaderboards.load)
 
 
 def check_baseline(df: pd.DataFrame, baseline: str) -> None:
@@ -65,7 +66,7 @@ def baseline_table(
     _check_metric(df, metric)
     cells = _cells(df)
     hib = higher_is_better(metric)
-    data = stats.baseline_differences(cells, metric, baseline, hib, alpha)
+    data = stats.baseline_differences(cells, metric, baseline, hib, alpha, key=KEY)
     teachers = teacher_order(cells)
     objectives = [o for o in objective_order(cells[KEY]) if o != baseline]
     display = pd.DataFrame(
@@ -115,7 +116,7 @@ def pooled_table(df: pd.DataFrame, metric: str, baseline: str, alpha: float = st
     _check_metric(df, metric)
     cells = _cells(df)
     hib = higher_is_better(metric)
-    data = stats.pooled(cells, metric, baseline, hib, alpha)
+    data = stats.pooled(cells, metric, baseline, hib, alpha, key=KEY)
     order = [o for o in objective_order(cells[KEY]) if o in data.index]
     data = data.reindex(order)
     display = pd.DataFrame(index=pd.Index(order, name=KEY), dtype=object)
@@ -171,7 +172,7 @@ def slope_table(
     rows = objective_order(cells[KEY])
     if reference not in rows:
         reference = None
-    data = stats.slopes(cells, metric, hib, reference, alpha).reindex(rows)
+    data = stats.slopes(cells, metric, hib, reference, alpha, key=KEY).reindex(rows)
     ci = _ci(alpha)
     display = pd.DataFrame(index=pd.Index(rows, name=KEY), dtype=object)
     display[f"slope per 10x teacher [{ci} CI]"] = [
@@ -209,7 +210,7 @@ def rank_table(df: pd.DataFrame, metric: str, alpha: float = stats.ALPHA) -> Tab
     """Objectives x teachers: ``rank [low, high]`` (1 = best), bootstrap over seeds."""
     _check_metric(df, metric)
     cells = _cells(df)
-    data = stats.rank_intervals(cells, metric, higher_is_better(metric), alpha)
+    data = stats.rank_intervals(cells, metric, higher_is_better(metric), alpha, key=KEY)
     teachers = teacher_order(cells)
     rows = objective_order(cells[KEY])
     display = pd.DataFrame(

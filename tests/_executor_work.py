@@ -90,3 +90,22 @@ def resumable(cell: dict) -> dict:
     if attempt == 1:
         time.sleep(60)  # the scheduler's preemption signal arrives meanwhile
     return {"status": "finished", "attempt": attempt}
+
+
+def hang(cell: dict) -> dict:
+    """A cell that never returns and ignores SIGINT and SIGTERM (a deadlocked plugin)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _mark(cell, "start")
+    while True:
+        time.sleep(0.1)
+
+
+def hang_or_record(cell: dict) -> dict:
+    """The cell ``hung`` hangs; the others behave like :func:`record`."""
+    return hang(cell) if cell["cell_id"] == "hung" else record(cell)
+
+
+def polite_or_hang(cell: dict) -> dict:
+    """The cell ``hung`` hangs; the others run until interrupted, politely."""
+    return hang(cell) if cell["cell_id"] == "hung" else until_interrupted(cell)

@@ -118,13 +118,17 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_mlflow_server(backend: str, folder: Path, workers: int = 1, timeout: float = 120):
-    """A real ``mlflow server`` on a free 127.0.0.1 port against ``backend``; yields its URL.
+def running_mlflow_server(
+    backend: str, folder: Path, workers: int = 1, timeout: float = 120, port: int | None = None
+):
+    """A real ``mlflow server`` on 127.0.0.1 against ``backend``; yields its URL.
 
-    Skips (with the server's last log lines) only when the server cannot start.
+    ``port``: a free one unless given (to start a server again where it was).  Leaving the
+    block stops it with SIGTERM.  Skips (with the server's last log lines) only when the
+    server cannot start.
     """
-    port = free_port()
-    log = open(folder / "server.log", "wb")
+    port = port or free_port()
+    log = open(folder / "server.log", "ab")
     exe = shutil.which("mlflow")
     cmd = ([exe] if exe else [sys.executable, "-m", "mlflow"]) + [
         "server",

@@ -36,7 +36,10 @@ def test_dry_run_prints_cells(tmp_path):
     path.write_text(textwrap.dedent(SMALL))
     result = invoke("run", str(path), "--dry-run", "--set", "grid.seeds=[3]")
     assert result.exit_code == 0, result.output
-    assert "6 cells" in result.output
+    # the no-KD baseline runs once for both teachers
+    assert "5 cells" in result.output
+    assert "(1 teacher-independent, run once for all teachers)" in result.output
+    assert "none | all teachers -> prune0.9 | s3" in result.output
     assert "place+featkd | prune0 -> prune0.9 | s3" in result.output
 
 

@@ -44,8 +44,16 @@ def write(tmp_path, text, name="grid.toml"):
 def test_small_grid_expands_into_teachers_x_students_x_objectives_x_seeds(tmp_path):
     cfg = load_config(write(tmp_path, SMALL))
     cells = expand(cfg)
-    assert len(cells) == 2 * 1 * 3 * 2
+    # the no-KD baseline does not depend on the teacher: one cell per seed, not per teacher
+    assert len(cells) == 2 * 1 * 2 * 2 + 1 * 2
     assert len({c["cell_id"] for c in cells}) == len(cells)
+    baseline = [c for c in cells if c["objective_label"] == "none"]
+    teachers = sorted({c["teacher_name"] for c in cells if c["objective_label"] == "outkd"})
+    assert [c["seed"] for c in baseline] == [0, 1]
+    for c in baseline:
+        assert sorted(m["teacher_name"] for m in c["shared_teachers"]) == teachers
+        assert "all teachers" in c["label"]
+    assert all(c["shared_teachers"] == [] for c in cells if c["objective_label"] != "none")
     labels = {c["objective_label"] for c in cells}
     assert labels == {"none", "outkd", "place+featkd"}
     place = next(c for c in cells if c["objective_label"] == "place+featkd")

@@ -435,7 +435,13 @@ def local_ray():
             "PYTHONPATH",
             os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH")) if p),
         )
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # Ray's processes inherit this one's dispositions; its cancellation interrupts a
+        # task with SIGINT, which a background job's ignored SIGINT would swallow.
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        finally:
+            signal.signal(signal.SIGINT, previous)
         try:
             yield ray
         finally:

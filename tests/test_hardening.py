@@ -57,9 +57,19 @@ def _cmdline(pid: int) -> str:
 
 
 def worker_of(pid: int) -> int | None:
-    """The running cell's worker: the child of ``pid`` that multiprocessing spawned."""
-    workers = [c for c in _children(pid) if "spawn_main" in _cmdline(c)]
+    """The running cell's worker: spawned by ``pid``, or forked by its forkserver."""
+    children = _children(pid)
+    servers = [c for c in children if "multiprocessing.forkserver" in _cmdline(c)]
+    workers = [c for c in children if "spawn_main" in _cmdline(c)]
+    workers += [w for server in servers for w in _children(server)]
     return workers[0] if len(workers) == 1 else None
+
+
+def terminal_signals() -> None:
+    """In ``kdbench run`` before exec: Ctrl-C and SIGTERM as a terminal's foreground job
+    has them, whatever this test process inherited (a background job ignores SIGINT)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def kdbench_run(grid: Path, uri: str, cache: Path, *extra: str) -> subprocess.Popen:
@@ -88,12 +98,8 @@ def kdbench_run(grid: Path, uri: str, cache: Path, *extra: str) -> subprocess.Po
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         # A terminal's kdbench sees Ctrl-C even when these tests run with SIGINT ignored
         # (a background job): the child must not inherit that.
-        preexec_fn=_default_sigint,
+        preexec_fn=terminal_signals,
     )
-
-
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for(proc: subprocess.Popen, path: Path, timeout: float = 300) -> None:
@@ -418,7 +424,7 @@ def test_credentials_in_the_tracking_uri_are_masked_everywhere(
     client = MlflowClient(tracking_uri=postgres)
     exp = client.get_experiment_by_name("kdbench-hard-secret")
     runs = client.search_runs([exp.experiment_id])
-    assert {r.data.tags["kdbench.kind"] for r in runs} == {"teacher", "cell"}
+    assert {r.data.tags["kdbench.kind"] for r in runs} == {"grid", "teacher", "cell"}
     for r in runs:
         for key, value in {**r.data.params, **r.data.tags}.items():
             assert PG_PASSWORD not in value, key

@@ -2,22 +2,40 @@
 
 Choices:
 
-- One ``multiprocessing`` *spawn* process per cell (never fork: CUDA and threads do not
-  survive a fork), at most ``workers`` at a time; the result comes back through a Pipe.
-  A worker that dies (segfault, OOM kill, SIGKILL, an exception that ``work`` did not
-  catch) gives ``{"status": "failed", "error": "<one line>"}`` and the grid goes on.
+- One process per cell, at most ``workers`` at a time; the result comes back through a
+  Pipe.  A worker that dies (segfault, OOM kill, SIGKILL, an exception that ``work`` did
+  not catch) gives ``{"status": "failed", "error": "<one line>"}`` and the grid goes on.
+- Cheap start with isolation kept: by default (``start_method="forkserver"`` where the
+  platform has it) cells are forked from multiprocessing's *forkserver*, a clean
+  single-threaded process started once per grid that imports the heavy modules first
+  (``preload``: torch, diffusers, MLflow and the cell's own modules), so a cell does not
+  pay those imports again, yet each cell is still a fresh process that cannot corrupt
+  the next.  The forkserver only imports: it never initialises CUDA (no fork after CUDA
+  init) and never runs a torch op (no OpenMP pool to fork).  The parent's environment
+  (``CUDA_VISIBLE_DEVICES`` pinning included), stdout and stderr are handed to each cell
+  as they are when the cell starts, as a spawned process would see them.
+  ``start_method="spawn"`` starts every cell from scratch (the imports again).
 - GPUs: by default one worker per visible CUDA device, each pinned with
   ``CUDA_VISIBLE_DEVICES=<its device>``; more workers than devices share them round-robin.
   Without a GPU the default is one worker. ``threads`` exports ``OMP_NUM_THREADS`` and
-  ``MKL_NUM_THREADS`` before the child starts and calls ``torch.set_num_threads`` in it.
-- Ctrl-C: while the grid runs, SIGINT in the parent is only counted. The executor then
-  sends one SIGINT to each running cell's process group (each cell leads its own group, so
-  a terminal's Ctrl-C does not hit it twice), which surfaces as ``KeyboardInterrupt`` inside
-  ``work``; it waits ``grace_s`` seconds, then terminates what is left (a second Ctrl-C
-  cuts the wait short). Cells not started are ``"skipped"``, interrupted ones ``"killed"``
-  unless ``work`` returned its own result. Finally it raises :class:`GridInterrupted`, a
-  ``KeyboardInterrupt`` whose ``results`` attribute holds one dict per cell, in order; the
-  same list is kept in the executor's ``results`` attribute.
+  ``MKL_NUM_THREADS`` to the child and calls ``torch.set_num_threads`` in it.
+- Ctrl-C and SIGTERM (SLURM, ``docker stop``, systemd): while the grid runs, both are only
+  counted in the parent. The executor then sends one SIGINT to each running cell's
+  process group (each cell leads its own group, so a terminal's Ctrl-C does not hit it
+  twice), which surfaces as ``KeyboardInterrupt`` inside ``work``; it waits ``grace_s``
+  seconds, then kills what is left (a second signal cuts the wait short). Cells not
+  started are ``"skipped"``, interrupted ones ``"killed"`` unless ``work`` returned its own
+  result. Finally it raises :class:`GridInterrupted`, a ``KeyboardInterrupt`` whose
+  ``results`` attribute holds one dict per cell, in order, and whose ``signum`` says
+  which signal stopped it; the same list is kept in the executor's ``results``.
+- A hung cell: ``timeout_s`` bounds each cell's wall time. A cell past it is killed
+  (SIGKILL to its process group: a hung cell cannot be trusted to stop) and reported
+  ``failed`` with ``"timed out after N s"``; the grid goes on and a re-run resumes it
+  from its last checkpoint.
+- No orphans: a cell's process ends when the grid's process does, even by SIGKILL
+  (:mod:`harness.executor_child`).
+- Progress: a bar in a terminal, one line per cell with an ETA when stdout is not one
+  (:mod:`harness.executor_progress`).
 
 The result, error, progress and interrupt helpers come from the core
 (:mod:`harness.executor`), as for every executor.
@@ -33,7 +51,7 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import wait as wait_for_handles
 from typing import Any
@@ -52,13 +70,51 @@ from harness.executor import (
     finalize,
     identify,
     outcome,
-    progress_bar,
     skipped,
-    tally,
 )
+from harness.executor_progress import CellProgress
 from harness.schema import Status
 
 _POLL_S = 0.2
+
+START_METHODS = ("forkserver", "spawn")
+DEFAULT_PRELOAD = (
+    "torch",
+    "torchvision",
+    "timm",
+    "torch_pruning",
+    "diffusers",
+    "scipy.io",
+    "sklearn.datasets",
+    "sklearn.model_selection",
+    "PIL.PngImagePlugin",
+    "mlflow",
+    "mlflow.tracking",
+    "mlflow.store.tracking.sqlalchemy_store",
+    "mlflow.store.db.utils",
+    "alembic.command",
+    "alembic.autogenerate",
+    "alembic.runtime.migration",
+    "mako.template",
+    "harness.cell",
+    "harness.capacity",
+    "harness.evaluate",
+    "harness.features",
+    "harness.metrics",
+    "harness.modelio",
+    "harness.process",
+    "harness.pruning",
+    "harness.trainer",
+    "harness.tracking",
+    "harness.teacher_cache",
+)
+"""What the forkserver imports once, found by listing the modules a cell of the embedded
+default imports after these (import only: no CUDA, no torch ops, no threads started by
+kdbench; a module missing here is skipped by the forkserver)."""
+
+
+def default_start_method() -> str:
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
 
 # ---------------------------------------------------------------------------------------
@@ -118,11 +174,52 @@ def visible_gpus() -> list[str]:
 # The child process
 
 
-def _child_main(payload: bytes, conn: Any, threads: int | None) -> None:
+class _InheritedFd:
+    """A file descriptor of the parent handed to the child as it starts (spawn or forkserver)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def __reduce__(self):
+        from multiprocessing import reduction
+
+        return (_detach_fd, (reduction.DupFd(self.fd),))
+
+
+def _detach_fd(dup: Any) -> int:
+    return dup.detach()
+
+
+def _adopt(env: dict[str, str], stdio: tuple[Any, Any]) -> None:
+    """Take the parent's environment and stdout/stderr as they were when the cell started."""
+    os.environ.clear()
+    os.environ.update(env)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for target, source in zip((1, 2), stdio):
+        if isinstance(source, int) and source != target:
+            os.dup2(source, target)
+            os.close(source)
+
+
+def _child_main(
+    payload: bytes,
+    conn: Any,
+    threads: int | None,
+    env: dict[str, str] | None = None,
+    stdio: tuple[Any, Any] = (None, None),
+) -> None:
     """Entry point of a cell's process: run ``work(cell)`` and send back one reply."""
+    from harness.executor_child import guard_cell_process
+
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)  # its own process group: the parent alone decides when to interrupt it
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if the parent ignored it
+    guard_cell_process()  # SIGINT/SIGTERM interrupt once, whatever was inherited; no orphans
+    if env is not None:
+        _adopt(env, stdio)
+    registry = sys.modules.get("harness.registry")
+    if registry is not None and registry._state is not None:
+        registry.reload()  # loaded in the forkserver: find the plugins this cell's path has
     try:
         if threads:
             import torch
@@ -140,21 +237,8 @@ def _child_main(payload: bytes, conn: Any, threads: int | None) -> None:
     except Exception as exc:  # an unpicklable result
         conn.send(("error", f"the cell's result cannot be sent back: {describe(exc)}"))
     conn.close()
-
-
-@contextlib.contextmanager
-def _environ(updates: dict[str, str]) -> Iterator[None]:
-    """Set environment variables for a child about to start, then restore them."""
-    saved = {key: os.environ.get(key) for key in updates}
-    os.environ.update(updates)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    sys.stdout.flush()
+    sys.stderr.flush()
 
 
 def _signal_group(proc: Any, signum: int) -> None:
@@ -189,6 +273,8 @@ class _Running:
     reply: tuple[str, Any] | None = None
     interrupted: bool = False
     note: str = ""
+    started: float = 0.0
+    timed_out: float | None = None  # the limit it ran past
 
     def read(self) -> None:
         """Take the child's reply (or notice that it closed the pipe without one)."""
@@ -210,6 +296,8 @@ class _Running:
                 return outcome(self.cell, Status.KILLED, error=value)
             return failed(self.cell, value)
         reason = _exit_reason(self.proc.exitcode)
+        if self.timed_out is not None:
+            return failed(self.cell, f"timed out after {self.timed_out:g} s")
         if self.interrupted:
             return outcome(self.cell, Status.KILLED, error=self.note or f"interrupted; {reason}")
         return failed(self.cell, reason)
@@ -225,7 +313,10 @@ class LocalExecutor(Executor):
     Options: ``workers`` (parallel cells; default one per visible CUDA device, else 1),
     ``threads`` (torch threads per cell), ``inprocess`` (run cells in this process, for
     debugging), ``grace_s`` (how long interrupted cells may take to stop), ``progress``
-    (show a bar: True/False, None = when stderr is a terminal).
+    (show a bar: True/False, None = when stderr is a terminal; lines when stdout is not a
+    terminal unless False), ``timeout_s`` (a cell's wall-time limit; None = none),
+    ``start_method`` (``"forkserver"``, the default where available, or ``"spawn"``),
+    ``preload`` (modules the forkserver imports once; default :data:`DEFAULT_PRELOAD`).
 
     After :meth:`run`, ``self.results`` holds the results of the last run, also when it
     was interrupted (then :class:`GridInterrupted` carries the same list).
@@ -240,9 +331,24 @@ class LocalExecutor(Executor):
         inprocess: bool = False,
         grace_s: float = 30.0,
         progress: bool | None = None,
+        timeout_s: float | None = None,
+        start_method: str | None = None,
+        preload: list[str] | tuple[str, ...] | None = None,
     ):
         check_positive(self.name, "workers", workers)
         check_positive(self.name, "threads", threads)
+        check_positive(self.name, "timeout_s", timeout_s, kind=float)
+        if start_method is not None and start_method not in START_METHODS:
+            raise OptionError(
+                f"executor 'local': option start_method must be one of "
+                f"{', '.join(START_METHODS)}, got {start_method!r}"
+            )
+        if preload is not None and (
+            isinstance(preload, str) or not all(isinstance(m, str) for m in preload)
+        ):
+            raise OptionError(
+                f"executor 'local': option preload must be a list of module names, got {preload!r}"
+            )
         if isinstance(grace_s, bool) or not isinstance(grace_s, (int, float)) or grace_s < 0:
             raise OptionError(
                 f"executor 'local': option grace_s must be a number >= 0, got {grace_s!r}"
@@ -253,7 +359,13 @@ class LocalExecutor(Executor):
             inprocess=bool(inprocess),
             grace_s=grace_s,
             progress=progress,
+            timeout_s=timeout_s,
+            start_method=start_method,
+            preload=preload,
         )
+        self.timeout_s = float(timeout_s) if timeout_s is not None else None
+        self.start_method = start_method or default_start_method()
+        self.preload = list(DEFAULT_PRELOAD if preload is None else preload)
         self.workers = workers
         self.threads = threads
         self.inprocess = bool(inprocess)
@@ -283,27 +395,51 @@ class LocalExecutor(Executor):
     # -- in separate processes ----------------------------------------------------------
 
     def _child_env(self, device: str | None) -> dict[str, str]:
-        env = {}
+        env = dict(os.environ)
         if device is not None:
             env["CUDA_VISIBLE_DEVICES"] = device
         if self.threads:
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.threads)
         return env
 
+    def _context(self) -> Any:
+        ctx = multiprocessing.get_context(self.start_method)
+        if self.start_method == "forkserver":
+            ctx.set_forkserver_preload(self.preload)  # used when the forkserver first starts
+        return ctx
+
     def _start(
         self, ctx: Any, index: int, cell: Cell, work: Work, slot: int, device: str | None
     ) -> _Running:
         receiver, sender = ctx.Pipe(duplex=False)
         payload = pickle.dumps((work, cell))
+        stdio = (_InheritedFd(1), _InheritedFd(2))
         proc = ctx.Process(
             target=_child_main,
-            args=(payload, sender, self.threads),
+            args=(payload, sender, self.threads, self._child_env(device), stdio),
             name=f"kdbench-cell-{identify(cell)[0]}",
         )
-        with _environ(self._child_env(device)):
-            proc.start()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        proc.start()
         sender.close()  # the child holds the only write end: EOF means it is gone
-        return _Running(index, cell, slot, proc, receiver)
+        return _Running(index, cell, slot, proc, receiver, started=time.monotonic())
+
+    def _enforce_timeout(self, running: list[_Running]) -> None:
+        """Kill the process group of every cell past ``timeout_s``."""
+        if self.timeout_s is None:
+            return
+        now = time.monotonic()
+        for child in running:
+            if child.timed_out is None and now - child.started > self.timeout_s:
+                child.timed_out = self.timeout_s
+                print(
+                    f"kdbench: cell {identify(child.cell)[0]} timed out after "
+                    f"{self.timeout_s:g} s; killed",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                _signal_group(child.proc, signal.SIGKILL)
 
     @staticmethod
     def _reap(running: list[_Running], timeout: float) -> list[_Running]:
@@ -337,20 +473,18 @@ class LocalExecutor(Executor):
     def _run_processes(
         self, cells: list[Cell], work: Work, slots: list[str | None]
     ) -> list[dict[str, Any]]:
-        ctx = multiprocessing.get_context("spawn")
+        ctx = self._context()
         results: list[dict[str, Any] | None] = [None] * len(cells)
         free = list(range(len(slots)))
         running: list[_Running] = []
         next_cell = 0
-        bar = progress_bar(len(cells), self.progress, "cells")
+        progress = CellProgress(len(cells), self.progress, "cells", workers=len(slots))
 
         def settle(done: list[_Running]) -> None:
             for child in done:
                 results[child.index] = child.result()
                 free.append(child.slot)
-                bar.update(1)
-            if done:
-                tally(bar, results)
+                progress.update(results[child.index], time.monotonic() - child.started)
 
         try:
             with InterruptCounter() as interrupts:
@@ -363,17 +497,18 @@ class LocalExecutor(Executor):
                         )
                         next_cell += 1
                     settle(self._reap(running, _POLL_S))
+                    self._enforce_timeout(running)
                 if interrupts.count:
                     self._stop(running, interrupts, settle)
         finally:
             for child in running:  # only when something above raised: leave no orphans
                 _signal_group(child.proc, signal.SIGKILL)
                 child.proc.join()
-            bar.close()
+            progress.close()
         final = [r if r is not None else skipped(cells[i]) for i, r in enumerate(results)]
         self.results = final
         if interrupts.count:
-            raise GridInterrupted(final)
+            raise GridInterrupted(final, interrupts.signum)
         return final
 
     def _stop(
@@ -382,7 +517,7 @@ class LocalExecutor(Executor):
         interrupts: InterruptCounter,
         settle: Callable[[list[_Running]], None],
     ) -> None:
-        """Forward one SIGINT to every running cell, wait ``grace_s``, then terminate."""
+        """Forward one SIGINT to every running cell, wait ``grace_s``, then SIGKILL the rest."""
         for child in running:
             child.interrupted = True
             _signal_group(child.proc, signal.SIGINT)
@@ -390,19 +525,17 @@ class LocalExecutor(Executor):
         deadline = time.monotonic() + self.grace_s
         while running and time.monotonic() < deadline and interrupts.count == seen:
             settle(self._reap(running, min(_POLL_S, max(0.0, deadline - time.monotonic()))))
-        for signum in (signal.SIGTERM, signal.SIGKILL):
-            if not running:
-                return
-            for child in running:
-                child.note = f"interrupted; did not stop within {self.grace_s:g} s, terminated"
-                _signal_group(child.proc, signum)
-            deadline = time.monotonic() + 5.0
-            while running and time.monotonic() < deadline:
-                settle(self._reap(running, _POLL_S))
+        # SIGKILL, not SIGTERM: in a cell SIGTERM is one more (ignored) interrupt.
+        for child in running:
+            child.note = f"interrupted; did not stop within {self.grace_s:g} s, terminated"
+            _signal_group(child.proc, signal.SIGKILL)
+        while running:
+            settle(self._reap(running, _POLL_S))
 
     # -- in this process (debugging) ----------------------------------------------------
 
     def _run_inprocess(self, cells: list[Cell], work: Work) -> list[dict[str, Any]]:
+        """Cells one after the other in this process (no isolation, no time limit)."""
         if self.threads:
             import torch
 
@@ -410,12 +543,13 @@ class LocalExecutor(Executor):
         results: list[dict[str, Any]] = []
         with (
             InterruptCounter() as interrupts,
-            progress_bar(len(cells), self.progress, "cells") as bar,
+            CellProgress(len(cells), self.progress, "cells") as progress,
         ):
             for cell in cells:
                 if interrupts.count:
                     results.append(skipped(cell))
                     continue
+                started = time.monotonic()
                 try:
                     interrupts.raising = True
                     try:
@@ -429,11 +563,10 @@ class LocalExecutor(Executor):
                 except Exception as exc:
                     traceback.print_exc(file=sys.stderr)
                     results.append(failed(cell, describe(exc)))
-                bar.update(1)
-                tally(bar, results)
+                progress.update(results[-1], time.monotonic() - started)
         self.results = results
         if interrupts.count:
-            raise GridInterrupted(results)
+            raise GridInterrupted(results, interrupts.signum)
         return results
 
 

@@ -213,7 +213,7 @@ class RayExecutor(Executor):
         final = [r for r in results if r is not None]  # every cell has one by now
         self.results = final
         if interrupts.count:
-            raise GridInterrupted(final)
+            raise GridInterrupted(final, interrupts.signum)
         return final
 
     @staticmethod
