@@ -88,8 +88,9 @@ def find_grid_run(tracker: Any, gid: str) -> dict[str, Any] | None:
 def open_grid_run(tracker: Any, cfg: Any, gid: str, cells: list[dict[str, Any]]) -> str:
     """Resume this grid's run or start it; adopt its earlier runs; describe the experiment."""
     description = describe_grid(cfg, gid, cells)
-    with tracker._errors("describe experiment"):
-        mark_experiment(tracker.client, tracker.experiment_id, description)
+    tracker.call(
+        "describe experiment", mark_experiment, tracker.client, tracker.experiment_id, description
+    )
     found = find_grid_run(tracker, gid)
     if found is not None:
         run_id = found["run_id"]

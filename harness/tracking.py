@@ -358,6 +358,10 @@ class Tracker:
         """True once a call gave up on an unreachable server (later calls fail at once)."""
         return self._down is not None
 
+    def call(self, what: str, fn, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)`` on this store, with the tracker's retries and one-line errors."""
+        return self._call(what, fn, *args, **kwargs)
+
     def _call(self, what: str, fn, *args: Any, idempotent: bool = True, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)``; errors become one-line ``TrackingError``s.
 
@@ -579,8 +583,8 @@ class Tracker:
         self, run_id: str, folder: str | os.PathLike, artifact_path: str | None = None
     ) -> None:
         """Every file under ``folder``, kept in its layout under ``artifact_path``."""
-        with self._errors(f"log artifacts {folder} of run {run_id}"):
-            self._client.log_artifacts(run_id, str(folder), artifact_path)
+        what = f"log artifacts {folder} of run {run_id}"
+        self._call(what, self._client.log_artifacts, run_id, str(folder), artifact_path)
 
     def log_json(self, run_id: str, obj: Any, name: str) -> None:
         """``obj`` as a JSON artifact ``name`` (e.g. ``config.json``)."""
