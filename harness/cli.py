@@ -236,7 +236,10 @@ def tune(config, overrides, output, dry_run, rerun, tracking_uri, cache_dir, qui
     result = run_grid(
         p.config, tracking_uri=tracking_uri, rerun=rerun, cache_dir=cache_dir, progress=not quiet
     )
-    runs = load_runs(result.tracking_uri, [result.experiment], [result.grid_id])
+    # By cell, as run_grid skips finished cells: trials finished by an earlier tuning run
+    # (another [tune] section, hence another grid id) count here too.
+    runs = load_runs(result.tracking_uri, [result.experiment])
+    runs = runs[runs["cell_id"].isin({cell["cell_id"] for cell in result.cells})]
     tuning.score(p, runs, tune_cfg.metric)
     rows = tuning.summary(p, tune_cfg.metric)
     click.echo(tabulate(rows, headers=["objective", "trial", tune_cfg.metric, "state", "best"]))
