@@ -23,7 +23,6 @@ Run: ``python benchmarks/bench_startup.py [--quick]``.  Prints numbers; asserts 
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -31,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import _args
 
 ROOT = Path(__file__).resolve().parents[1]
 PHASES = ("start", "store", "set-up", "teacher", "train", "sample", "metrics", "logging")
@@ -160,9 +161,7 @@ def measure(method: str, cell_jobs: list[Any]) -> list[dict[str, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="3 cells per method, not 5")
-    args = parser.parse_args(argv)
+    args = _args.parse(_args.parser(__doc__), argv)  # --quick: 3 cells per method, not 5
     count, steps = (3, 20) if args.quick else (5, 50)
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # as `kdbench` sets it
