@@ -172,3 +172,15 @@ def running_mlflow_server(
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         log.close()
+
+
+def wait_for(proc: subprocess.Popen, path: Path, timeout: float = 600) -> None:
+    """Wait until a running ``kdbench`` process has written ``path`` (fail if it ends first)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            _, err = proc.communicate()
+            pytest.fail(f"kdbench ended ({proc.returncode}) before {path.name}: {err[-3000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"{path.name} did not appear within {timeout:g} s")
+        time.sleep(0.05)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import free_port, running_mlflow_server
+from conftest import free_port, running_mlflow_server, wait_for
 from mlflow.tracking import MlflowClient
 from test_grid_e2e import cell_runs, grid_file, run
 from test_tracking import fast_dir  # noqa: F401 (a fixture)
@@ -146,17 +146,6 @@ def test_full_disk_at_a_checkpoint_fails_the_cell_and_a_rerun_resumes_it(space):
 
 
 # ---------------------------------------------------------------------- the server goes away
-
-
-def wait_for(proc: subprocess.Popen, path: Path, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            pytest.fail(f"kdbench ended ({proc.returncode}) before {path.name}: {err[-3000:]}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"{path.name} did not appear within {timeout:g} s")
-        time.sleep(0.05)
 
 
 LONG = ["objectives=['none']", "train.steps=200", "train.checkpoint_every=10"]

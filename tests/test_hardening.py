@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import TINY_GRID, free_port, running_mlflow_server
+from conftest import TINY_GRID, free_port, running_mlflow_server, wait_for
 from mlflow.tracking import MlflowClient
 from test_grid_e2e import cell_runs, grid_file, history, run
 from test_tracking import fast_dir  # noqa: F401 (a fixture)
@@ -100,17 +100,6 @@ def kdbench_run(grid: Path, uri: str, cache: Path, *extra: str) -> subprocess.Po
         # (a background job): the child must not inherit that.
         preexec_fn=terminal_signals,
     )
-
-
-def wait_for(proc: subprocess.Popen, path: Path, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if proc.poll() is not None:
-            _, err = proc.communicate()
-            pytest.fail(f"kdbench ended ({proc.returncode}) before {path.name}: {err[-2000:]}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"{path.name} did not appear within {timeout:g} s")
-        time.sleep(0.1)
 
 
 @pytest.mark.slow
