@@ -20,6 +20,11 @@ Fairness: every random draw of a step (batch indices, noise, timesteps) is a fun
 same data, noise and timesteps, and a resumed run continues exactly where it stopped.
 The teacher's outputs are therefore a function of (teacher, seed, step) and can be
 computed once and reused by every objective (``harness.teacher_cache``).
+An objective's own parameters (FeatKD adapters) are drawn in ``setup`` from torch's global
+generator, which torch seeds from the OS in every new process: ``train`` seeds it for that
+call from the seed alone (``objective_init_seed``, a stream apart from the student's
+``torch.manual_seed(seed)`` init) and restores it after, so a cell's adapters, and with
+them every number it logs, are the same in any process, whatever ran before in it.
 """
 
 from __future__ import annotations
@@ -125,6 +130,7 @@ class BatchMaker:
         device: torch.device,
     ):
         self.images, self.labels, self.process = images, labels, process
+        self.seed = seed
         self.rand = StepRandomness(len(images), batch_size, seed)
         self.device = device
 
@@ -171,7 +177,8 @@ class LiveTeacher(TeacherSource):
         start = time.perf_counter()
         with self._autocast():
             if self.pairs:
-                with self._recorder(self.model, list(set(self.pairs.values()))) as rec:
+                taps = list(dict.fromkeys(self.pairs.values()))  # distinct, in depth order
+                with self._recorder(self.model, taps) as rec:
                     pred = self.model(batch.x_t, batch.t, batch.cond)
                 feats = {s: rec.features[t].float() for s, t in self.pairs.items()}
             else:
@@ -209,6 +216,35 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def make_ema(model: nn.Module, decay: float) -> AveragedModel:
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def objective_init_seed(seed: int) -> int:
+    """The seed an objective's parameters are initialised from at training seed ``seed``.
+
+    A hash of ``seed``, so the stream is apart from the student's ``torch.manual_seed(seed)``
+    (adapters drawn from the same stream would copy the student's first weights).
+    """
+    from harness.ids import stable_hash
+
+    return int(stable_hash(["objective parameters", seed], 15), 16)
+
+
+@contextlib.contextmanager
+def seeded_rng(seed: int, device: torch.device):
+    """Inside, torch's global generators (CPU, and ``device``'s) start from ``seed``; after,
+    they are as before.  torch seeds the CPU one from the OS in each process, so anything
+    drawn from it without this differs from process to process."""
+    accel = device.type != "cpu"
+    if accel:
+        index = device.index
+        devices = [
+            torch.get_device_module(device.type).current_device() if index is None else index
+        ]
+    else:
+        devices = []
+    with torch.random.fork_rng(devices=devices, device_type=device.type if accel else None):
+        torch.manual_seed(seed)  # every device; only this one's state is used and restored
+        yield
 
 
 def autocast_for(device: torch.device, precision: str) -> Callable[[], Any]:
@@ -432,7 +468,7 @@ def train(
     if kd:
         objective.to(device)
         first = batches(0)
-        with torch.no_grad():
+        with torch.no_grad(), seeded_rng(objective_init_seed(batches.seed), device):
             objective.setup(forward_student(first), teacher(first))
         teacher.seconds = 0.0
     params = list(model.parameters()) + (list(objective.parameters()) if kd else [])

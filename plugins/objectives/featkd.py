@@ -37,8 +37,9 @@ class FeatKD(Objective):
     Student tap ``k`` distils to teacher tap ``k`` (the trainer pairs taps first).  When
     channel counts differ, a trainable bias-free adapter maps student to teacher channels:
     a 1x1 ``Conv2d`` for ``[B, C, H, W]`` maps, a ``Linear`` on the last dim for ``[B, N, D]``
-    tokens (or ``[B, D]``), initialised uniform in +-0.005 as Diff-Pruning's LIFT code does;
-    identity when channels match.  Adapters are built by ``setup`` (or by the first
+    tokens (or ``[B, D]``), initialised uniform in +-0.005 as Diff-Pruning's LIFT code does
+    (from torch's global generator, which the trainer seeds from the cell's seed for
+    ``setup``); identity when channels match.  Adapters are built by ``setup`` (or by the first
     ``forward``) in float32 (float64 for float64 features), live in ``self.adapters`` (an
     ``nn.ModuleDict``, '.' in tap names -> '__'), train with the student and are never part
     of it.  Per-tap terms: ``layer/<tap>``.
