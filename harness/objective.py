@@ -56,7 +56,11 @@ class Objective(nn.Module):
     tunables: ClassVar[dict[str, Tunable]] = {"weight": LogUniform(0.1, 10.0)}
 
     def setup(self, student: Outputs, teacher: Outputs) -> None:
-        """Called once with a sample batch before the optimizer is built (adapters)."""
+        """Called once with a sample batch before the optimizer is built (adapters).
+
+        The trainer seeds torch's global generator from the training seed for this call
+        (``harness.trainer.seeded_rng``): initialise parameters here to be reproducible.
+        """
 
     def check_inputs(self, student: Outputs, teacher: Outputs) -> None:
         """Raise an ``OptionError`` when these options cannot train on predictions shaped
