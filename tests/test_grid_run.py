@@ -11,14 +11,13 @@ diffusers, the HTML page in headless Chromium, resuming, and ``kdbench ui``'s ad
 from __future__ import annotations
 
 import json
-import os
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import TINY_GRID
+from conftest import TINY_GRID, chromium_or_skip
 from mlflow.tracking import MlflowClient
 
 import leaderboards as lb
@@ -26,20 +25,13 @@ from harness.config import load_config
 from harness.grid import run_grid
 from harness.gridrun import MODEL_TRAINING, ui_addresses
 from harness.modelio import load_pretrained
-from leaderboards.browser import find_chromium, inspect_page
+from leaderboards.browser import inspect_page
 
 OVERRIDES = [
     "objectives=['none','outkd']",
     "model.conditional=false",
     "eval.save_student=true",
 ]
-
-
-def chromium_or_skip() -> None:
-    if find_chromium() is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must provide Chromium (.ci/chromium installs Debian's package)")
-        pytest.skip("no Chromium here (apt-get install chromium); CI installs it via .ci/chromium")
 
 
 @pytest.fixture(scope="module")
