@@ -11,17 +11,16 @@ diffusers, the HTML page in headless Chromium, resuming, and ``kdbench ui``'s ad
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import TINY_GRID, chromium_or_skip
+from conftest import chromium_or_skip
 from mlflow.tracking import MlflowClient
+from test_grid_e2e import grid_file
 
 import leaderboards as lb
-from harness.config import load_config
 from harness.grid import run_grid
 from harness.gridrun import MODEL_TRAINING, ui_addresses
 from harness.modelio import load_pretrained
@@ -37,9 +36,7 @@ OVERRIDES = [
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
     root = tmp_path_factory.mktemp("gridrun")
-    path = root / "g.toml"
-    path.write_text(textwrap.dedent(TINY_GRID).replace("NAME", "gridrun"))
-    cfg = load_config(path, OVERRIDES)
+    _, cfg = grid_file(root, "gridrun", OVERRIDES)
     uri = f"sqlite:///{root / 'mlflow.db'}"
 
     def go():
