@@ -81,6 +81,34 @@ class Process:
 
         return randn_tensor(tuple(shape), generator=generator, device=torch.device(device))
 
+    def _denoise(
+        self,
+        model_fn: ModelFn,
+        shape: tuple[int, ...],
+        cond: Any,
+        steps: int,
+        generator: torch.Generator,
+        device: torch.device | str,
+        progress: bool,
+        desc: str,
+        **step_options: Any,
+    ) -> Any:
+        """Run the ``sampler()`` chain from noise; return its last step's output.
+
+        Each of the ``steps`` model calls sees the batch at one float timestep ``[B]``;
+        ``step_options`` go to every ``scheduler.step`` (DDIM's ``eta``); ``desc`` names
+        the progress bar.
+        """
+        scheduler = self.sampler()
+        scheduler.set_timesteps(self._steps(steps), device=device)
+        x = self._start(shape, generator, device)
+        for t in _progress(scheduler.timesteps, progress, desc):
+            tt = torch.full((shape[0],), float(t), device=x.device)
+            pred = model_fn(x, tt, cond)
+            out = scheduler.step(pred.to(x.dtype), t, x, **step_options)
+            x = out.prev_sample
+        return out
+
     @staticmethod
     def _steps(steps: int) -> int:
         if not isinstance(steps, int) or steps < 1:
@@ -165,14 +193,9 @@ class DDPMProcess(Process):
 
     @torch.no_grad()
     def sample(self, model_fn, shape, cond, steps, generator, device, progress=False):
-        scheduler = self.sampler()
-        scheduler.set_timesteps(self._steps(steps), device=device)
-        x = self._start(shape, generator, device)
-        for t in _progress(scheduler.timesteps, progress, "DDIM"):
-            tt = torch.full((shape[0],), float(t), device=x.device)
-            eps = model_fn(x, tt, cond)
-            out = scheduler.step(eps.to(x.dtype), t, x, eta=0.0)
-            x = out.prev_sample
+        out = self._denoise(
+            model_fn, shape, cond, steps, generator, device, progress, "DDIM", eta=0.0
+        )
         # The last step's x0 estimate: with trailing spacing the chain ends at t = 0, whose
         # sample still carries sqrt(1 - abar_0) = 1% noise.
         return out.pred_original_sample.clamp(-1, 1)
@@ -233,14 +256,8 @@ class FlowProcess(Process):
 
     @torch.no_grad()
     def sample(self, model_fn, shape, cond, steps, generator, device, progress=False):
-        scheduler = self.sampler()
-        scheduler.set_timesteps(self._steps(steps), device=device)
-        x = self._start(shape, generator, device)
-        for t in _progress(scheduler.timesteps, progress, "Euler"):
-            tt = torch.full((shape[0],), float(t), device=x.device)
-            v = model_fn(x, tt, cond)
-            x = scheduler.step(v.to(x.dtype), t, x).prev_sample
-        return x.clamp(-1, 1)
+        out = self._denoise(model_fn, shape, cond, steps, generator, device, progress, "Euler")
+        return out.prev_sample.clamp(-1, 1)
 
 
 PROCESSES: dict[str, type[Process]] = {"ddpm": DDPMProcess, "flow": FlowProcess}

@@ -15,6 +15,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -201,6 +202,21 @@ def running_mlflow_server(
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         log.close()
+
+
+def ddim_draw(folder: Path, unet: Any, n: int, steps: int, seed: int) -> Any:
+    """``n`` images (NHWC, in [0, 1]) drawn from a saved student by diffusers' own
+    ``DDIMPipeline`` (eta 0) with the scheduler saved next to it."""
+    import torch
+    from diffusers import DDIMPipeline, DDIMScheduler
+
+    scheduler = DDIMScheduler.from_pretrained(str(folder), subfolder="scheduler")
+    pipe = DDIMPipeline(unet=unet, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(seed)
+    return pipe(
+        batch_size=n, generator=generator, num_inference_steps=steps, eta=0.0, output_type="np"
+    ).images
 
 
 def kdbench_argv(grid: Path, uri: str, cache: Path, *extra: str) -> list[str]:

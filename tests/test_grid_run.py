@@ -14,9 +14,8 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
-from conftest import chromium_or_skip
+from conftest import chromium_or_skip, ddim_draw
 from mlflow.tracking import MlflowClient
 from test_grid_e2e import grid_file
 
@@ -121,7 +120,7 @@ def test_resumed_grid_reuses_its_run_and_publishes_again(grid):
 
 
 def test_saved_student_draws_through_ddim_pipeline(grid):
-    from diffusers import DDIMPipeline, DDIMScheduler, UNet2DModel
+    from diffusers import UNet2DModel
 
     [cell] = [r for r in runs_of(grid, "cell") if r.data.params["objective"] == "outkd"]
     client = grid["client"]
@@ -133,15 +132,7 @@ def test_saved_student_draws_through_ddim_pipeline(grid):
     student = load_pretrained(local, backbone="unet")  # pruned: kdbench rebuilds its widths
     assert isinstance(student.inner, UNet2DModel)
     assert student.num_parameters() == int(cell.data.params["student_params"])
-    scheduler = DDIMScheduler.from_pretrained(str(local), subfolder="scheduler")
-    pipe = DDIMPipeline(unet=student.inner, scheduler=scheduler)
-    pipe.set_progress_bar_config(disable=True)
-    images = pipe(
-        batch_size=3,
-        generator=torch.Generator().manual_seed(0),
-        num_inference_steps=3,
-        output_type="np",
-    ).images
+    images = ddim_draw(local, student.inner, n=3, steps=3, seed=0)
     assert images.shape == (3, 16, 16, 1)
     assert images.min() >= 0 and images.max() <= 1 and images.std() > 0
 
