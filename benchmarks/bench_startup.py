@@ -49,8 +49,8 @@ def timed_job(job: Any) -> dict[str, Any]:
     spent = dict.fromkeys(TIMED, 0.0)
     make_logger = cell._step_logger
 
-    def step_logger(tracker, run_id, settings):
-        log = make_logger(tracker, run_id, settings)
+    def step_logger(*args: Any, **kwargs: Any):
+        log = make_logger(*args, **kwargs)
 
         def timed(step: int, metrics: dict[str, float]) -> None:
             if not first:
@@ -74,6 +74,8 @@ def timed_job(job: Any) -> dict[str, Any]:
         for name in names:
             setattr(cell, name, timer(phase, getattr(cell, name)))
     result = cell.run_job(job)
+    if not first:  # failed or skipped before training: report it as it is
+        return result
     result["clock"] = {"entered": entered, "first_step": first[0], "returned": time.time()}
     result["spent"] = spent
     return result

@@ -90,3 +90,20 @@ def test_every_shipped_grid_passes_a_dry_run_with_its_preflight():
         result = invoke("run", str(path), "--dry-run")
         assert result.exit_code == 0, (path.name, result.output)
         assert " cells, " in result.output
+
+
+def test_the_bench_grid_finds_every_teacher_and_assistant_shipped(tmp_path, monkeypatch):
+    """A fresh `tox -e bench` must not rebuild a model: a key change (e.g. a tuned TAKD
+    weight) without re-exporting `configs/teachers/bench` costs minutes per teacher."""
+    from pathlib import Path
+
+    import harness.modelio
+
+    def refuse(_model, path, **_kw):
+        raise AssertionError(f"built instead of shipped: {Path(path).parent.name}/{path.name}")
+
+    monkeypatch.setattr(harness.modelio, "save_model", refuse)
+    bench = Path(__file__).resolve().parents[1] / "configs" / "bench.toml"
+    result = invoke("teachers", str(bench), "--cache-dir", str(tmp_path))
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    assert result.output.count("assistant ") == 3
