@@ -41,6 +41,11 @@ def data(size: int, n: int = 512):
     )
 
 
+def batches_of(images: torch.Tensor, labels: torch.Tensor, batch: int) -> BatchMaker:
+    """The same DDPM batches (seed 0, CPU) for every loop measured."""
+    return BatchMaker(images, labels, get_process("ddpm"), batch, 0, torch.device("cpu"))
+
+
 def bare_loop(student, teacher, batches: BatchMaker, steps: int, lr: float) -> float:
     """The same math with nothing around it: seconds per step after 3 warm-up steps."""
     opt = torch.optim.AdamW(student.parameters(), lr=lr)
@@ -88,26 +93,9 @@ def overhead(args) -> None:
     )
     bare, ours = [], []
     for _ in range(args.repeats):
-        s, t = models(args.student, args.teacher, size)
-        bare.append(
-            bare_loop(
-                s,
-                t,
-                BatchMaker(images, labels, get_process("ddpm"), batch, 0, torch.device("cpu")),
-                args.steps,
-                1e-3,
-            )
-        )
-        s, t = models(args.student, args.teacher, size)
-        ours.append(
-            harness_loop(
-                s,
-                t,
-                BatchMaker(images, labels, get_process("ddpm"), batch, 0, torch.device("cpu")),
-                args.steps,
-                1e-3,
-            )
-        )
+        for loop, times in ((bare_loop, bare), (harness_loop, ours)):
+            s, t = models(args.student, args.teacher, size)
+            times.append(loop(s, t, batches_of(images, labels, batch), args.steps, 1e-3))
     b, h = statistics.median(bare), statistics.median(ours)
     print(f"bare loop      {1000 * b:8.1f} ms/step")
     print(f"kdbench train  {1000 * h:8.1f} ms/step   ({100 * (h / b - 1):+.1f}% vs bare)")
@@ -122,37 +110,31 @@ def cache_speedup(args) -> None:
         f"{args.steps} steps each)"
     )
 
-    def make_batches():
-        return BatchMaker(images, labels, get_process("ddpm"), batch, 0, torch.device("cpu"))
-
     settings = LoopSettings(
         steps=args.steps, batch_size=batch, log_every=25, checkpoint_every=10**9
     )
+
+    def train_each(teacher_source) -> None:
+        """One training per objective; ``teacher_source(teacher)`` is what it distils from."""
+        for name in objectives:
+            s, t = models(args.student, args.teacher, size)
+            train(
+                s,
+                batches=batches_of(images, labels, batch),
+                settings=settings,
+                objective=build_combination([{"name": name}]),
+                teacher=teacher_source(t),
+            )
+
     start = time.perf_counter()
-    for name in objectives:
-        s, t = models(args.student, args.teacher, size)
-        train(
-            s,
-            batches=make_batches(),
-            settings=settings,
-            objective=build_combination([{"name": name}]),
-            teacher=LiveTeacher(t),
-        )
+    train_each(LiveTeacher)
     live = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         _, t = models(args.student, args.teacher, size)
         cache = TeacherPredictionCache(Path(tmp) / "preds", args.steps)
-        cache.build(LiveTeacher(t), make_batches())
-        for name in objectives:
-            s, _ = models(args.student, args.teacher, size)
-            train(
-                s,
-                batches=make_batches(),
-                settings=settings,
-                objective=build_combination([{"name": name}]),
-                teacher=CachedTeacher(cache),
-            )
+        cache.build(LiveTeacher(t), batches_of(images, labels, batch))
+        train_each(lambda _: CachedTeacher(cache))
         cached = time.perf_counter() - start
     print(f"live teacher in every cell  {live:7.1f} s")
     print(f"teacher once, then cached   {cached:7.1f} s   (speedup x{live / cached:.2f})")

@@ -10,7 +10,9 @@ third-party executor reports results, errors, progress and interrupts the same w
 :func:`outcome`, :func:`failed`, :func:`skipped` and :func:`finalize` make result dicts,
 :func:`one_line` and :func:`describe` make one-line errors, :class:`InterruptCounter`
 counts Ctrl-C while a grid runs, :func:`progress_bar` and :func:`tally` show progress,
-:func:`check_positive` validates numeric options.
+:func:`check_positive` and :func:`check_non_negative` validate numeric options,
+:meth:`Executor.conclude` ends a run (keeps the results, raises :class:`GridInterrupted`
+after Ctrl-C).
 """
 
 from __future__ import annotations
@@ -149,11 +151,26 @@ def check_positive(
     executor: str, option: str, value: Any, kind: type = int, allow_none: bool = True
 ) -> None:
     """Raise OptionError unless ``value`` is a positive ``kind`` (or None when allowed)."""
+    _check_number(executor, option, value, kind, allow_none, zero=False)
+
+
+def check_non_negative(
+    executor: str, option: str, value: Any, kind: type = int, allow_none: bool = True
+) -> None:
+    """Raise OptionError unless ``value`` is a ``kind`` >= 0 (or None when allowed)."""
+    _check_number(executor, option, value, kind, allow_none, zero=True)
+
+
+def _check_number(
+    executor: str, option: str, value: Any, kind: type, allow_none: bool, zero: bool
+) -> None:
     if value is None and allow_none:
         return
     numeric = (int, float) if kind is float else (int,)
-    if isinstance(value, bool) or not isinstance(value, numeric) or value <= 0:
-        what = "a positive integer" if kind is int else "a positive number"
+    valid = not isinstance(value, bool) and isinstance(value, numeric)
+    if not valid or value < 0 or (value == 0 and not zero):
+        noun = "integer" if kind is int else "number"
+        what = f"{'an' if kind is int else 'a'} {noun} >= 0" if zero else f"a positive {noun}"
         unset = " or unset" if allow_none else ""
         raise OptionError(
             f"executor {executor!r}: option {option} must be {what}{unset}, got {value!r}"
@@ -161,10 +178,24 @@ def check_positive(
 
 
 class Executor:
+    """Base class of executors: ``options`` holds the keywords it was made with, and
+    ``results`` the results of the last :meth:`run`, also when it was interrupted."""
+
     name: ClassVar[str] = ""
 
     def __init__(self, **options: Any):
         self.options = options
+        self.results: list[dict[str, Any]] | None = None
+
+    def conclude(
+        self, results: list[dict[str, Any]], interrupts: InterruptCounter
+    ) -> list[dict[str, Any]]:
+        """Keep and return ``results`` (one per cell, in order); after a Ctrl-C or SIGTERM
+        raise :class:`GridInterrupted` with them instead."""
+        self.results = results
+        if interrupts.count:
+            raise GridInterrupted(results, interrupts.signum)
+        return results
 
     def run(
         self, cells: list[dict[str, Any]], work: Callable[[dict[str, Any]], dict[str, Any]]

@@ -42,6 +42,8 @@ class Process:
     name: ClassVar[str] = ""
     prediction: ClassVar[str] = ""  # "epsilon" | "velocity"
     num_train_timesteps: int = 1000
+    sampler_name: ClassVar[str] = ""  # the progress bar's label
+    step_options: ClassVar[dict[str, Any]] = {}  # for every ``scheduler.step`` of ``sample``
 
     def training_example(
         self, x0: Tensor, noise: Tensor, u: Tensor
@@ -53,6 +55,7 @@ class Process:
         """The diffusers scheduler that ``sample`` steps with (saved beside exported models)."""
         raise NotImplementedError
 
+    @torch.no_grad()
     def sample(
         self,
         model_fn: ModelFn,
@@ -63,8 +66,25 @@ class Process:
         device: torch.device | str,
         progress: bool = False,
     ) -> Tensor:
-        """Draw ``shape`` samples in [-1, 1] with ``steps`` model calls."""
-        raise NotImplementedError
+        """Draw ``shape`` samples in [-1, 1] with ``steps`` model calls.
+
+        The ``sampler()`` chain from noise: each model call sees the batch at one float
+        timestep ``[B]``; ``step_options`` go to every ``scheduler.step``; the sample is
+        ``final(last step's output)``, clamped.
+        """
+        scheduler = self.sampler()
+        scheduler.set_timesteps(self._steps(steps), device=device)
+        x = self._start(shape, generator, device)
+        for t in _progress(scheduler.timesteps, progress, self.sampler_name):
+            tt = torch.full((shape[0],), float(t), device=x.device)
+            pred = model_fn(x, tt, cond)
+            out = scheduler.step(pred.to(x.dtype), t, x, **self.step_options)
+            x = out.prev_sample
+        return self.final(out).clamp(-1, 1)
+
+    def final(self, out: Any) -> Tensor:
+        """The sample in the output of the chain's last ``scheduler.step``."""
+        return out.prev_sample
 
     @staticmethod
     def _check(x0: Tensor, noise: Tensor, u: Tensor) -> None:
@@ -110,6 +130,8 @@ class DDPMProcess(Process):
 
     name = "ddpm"
     prediction = "epsilon"
+    sampler_name = "DDIM"
+    step_options: ClassVar[dict[str, Any]] = {"eta": 0.0}
 
     def __init__(
         self,
@@ -163,19 +185,10 @@ class DDPMProcess(Process):
             clip_sample=self.clip_sample,
         )
 
-    @torch.no_grad()
-    def sample(self, model_fn, shape, cond, steps, generator, device, progress=False):
-        scheduler = self.sampler()
-        scheduler.set_timesteps(self._steps(steps), device=device)
-        x = self._start(shape, generator, device)
-        for t in _progress(scheduler.timesteps, progress, "DDIM"):
-            tt = torch.full((shape[0],), float(t), device=x.device)
-            eps = model_fn(x, tt, cond)
-            out = scheduler.step(eps.to(x.dtype), t, x, eta=0.0)
-            x = out.prev_sample
+    def final(self, out: Any) -> Tensor:
         # The last step's x0 estimate: with trailing spacing the chain ends at t = 0, whose
         # sample still carries sqrt(1 - abar_0) = 1% noise.
-        return out.pred_original_sample.clamp(-1, 1)
+        return out.pred_original_sample
 
 
 class FlowProcess(Process):
@@ -183,6 +196,7 @@ class FlowProcess(Process):
 
     name = "flow"
     prediction = "velocity"
+    sampler_name = "Euler"
 
     def __init__(
         self,
@@ -230,17 +244,6 @@ class FlowProcess(Process):
         return FlowMatchEulerDiscreteScheduler(
             num_train_timesteps=self.num_train_timesteps, shift=self.shift
         )
-
-    @torch.no_grad()
-    def sample(self, model_fn, shape, cond, steps, generator, device, progress=False):
-        scheduler = self.sampler()
-        scheduler.set_timesteps(self._steps(steps), device=device)
-        x = self._start(shape, generator, device)
-        for t in _progress(scheduler.timesteps, progress, "Euler"):
-            tt = torch.full((shape[0],), float(t), device=x.device)
-            v = model_fn(x, tt, cond)
-            x = scheduler.step(v.to(x.dtype), t, x).prev_sample
-        return x.clamp(-1, 1)
 
 
 PROCESSES: dict[str, type[Process]] = {"ddpm": DDPMProcess, "flow": FlowProcess}

@@ -145,6 +145,17 @@ class Metric(StrEnum):
     DIVERGED_STEP = "diverged_step"
 
 
+PHASE_TIMES = (
+    Metric.TIME_TRAIN_S,
+    Metric.TIME_SAMPLE_S,
+    Metric.TIME_METRICS_S,
+    Metric.TIME_TEACHER_S,
+    Metric.TIME_ASSISTANT_S,
+    Metric.TIME_START_S,
+    Metric.TIME_LOG_S,
+)
+"""The seconds a cell spends in each of its phases, as the leaderboard columns them."""
+
 TABLE_METRICS = (
     Metric.FID,
     Metric.KID_MEAN,
@@ -157,13 +168,7 @@ TABLE_METRICS = (
     Metric.ITER_PER_S,
     Metric.PEAK_MEM_MB,
     Metric.TEACHER_SHARE,
-    Metric.TIME_TRAIN_S,
-    Metric.TIME_SAMPLE_S,
-    Metric.TIME_METRICS_S,
-    Metric.TIME_TEACHER_S,
-    Metric.TIME_ASSISTANT_S,
-    Metric.TIME_START_S,
-    Metric.TIME_LOG_S,
+    *PHASE_TIMES,
     Metric.DIVERGED_STEP,
 )
 """The metrics a leaderboard always has a (float) column for, in column order."""

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import KDBenchError
-from harness.schema import DONE, Kind, Metric, Status
+from harness.schema import DONE, PHASE_TIMES, Kind, Metric, Status
 from leaderboards import stats
 
 LOWER_IS_BETTER = {
@@ -35,14 +35,8 @@ LOWER_IS_BETTER = {
     Metric.KID_MEAN,
     Metric.KID_STD,
     Metric.PEAK_MEM_MB,
-    Metric.TIME_TRAIN_S,
-    Metric.TIME_SAMPLE_S,
-    Metric.TIME_METRICS_S,
-    Metric.TIME_TEACHER_S,
-    Metric.TIME_ASSISTANT_S,
-    Metric.TIME_START_S,
-    Metric.TIME_LOG_S,
     Metric.TEACHER_SHARE,
+    *PHASE_TIMES,
 }
 HIGHER_IS_BETTER = {
     Metric.ISC_MEAN,

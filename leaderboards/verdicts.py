@@ -18,6 +18,7 @@ the strings.  Rows are keyed by ``tables.ROW_KEY`` (one per objective specificat
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -59,6 +60,33 @@ def _pct(p: float) -> str:
     return f"{p:.3f}" if p >= 0.001 else "<0.001"
 
 
+def _by_teacher(
+    data: pd.DataFrame,
+    rows: list[str],
+    teachers: pd.DataFrame,
+    cell: Callable[[pd.Series], tuple[str, bool]],
+) -> tuple[pd.DataFrame, set[tuple[str, str]]]:
+    """The rows x teachers display of ``data`` (indexed by row and teacher) and its marks.
+
+    ``cell`` turns one ``data`` row into its text and whether it is marked; a pair with no
+    ``data`` row is left empty.
+    """
+    display = pd.DataFrame(
+        index=pd.Index(rows, name=KEY), columns=list(teachers["label"]), dtype=object
+    )
+    best = set()
+    for teacher, label in zip(teachers["teacher"], teachers["label"]):
+        for row in rows:
+            if (row, teacher) not in data.index:
+                display.loc[row, label] = ""
+                continue
+            text, marked = cell(data.loc[(row, teacher)])
+            display.loc[row, label] = text
+            if marked:
+                best.add((row, label))
+    return display, best
+
+
 def baseline_table(
     df: pd.DataFrame, metric: str, baseline: str, alpha: float = stats.ALPHA
 ) -> Table:
@@ -67,30 +95,20 @@ def baseline_table(
     cells = _cells(df)
     hib = higher_is_better(metric)
     data = stats.baseline_differences(cells, metric, baseline, hib, alpha, key=KEY)
-    teachers = teacher_order(cells)
     objectives = [o for o in objective_order(cells[KEY]) if o != baseline]
-    display = pd.DataFrame(
-        index=pd.Index(objectives, name=KEY), columns=list(teachers["label"]), dtype=object
-    )
     full = int(data["n"].max()) if len(data) else 0
-    best = set()
-    for teacher, label in zip(teachers["teacher"], teachers["label"]):
-        for row in objectives:
-            if (row, teacher) not in data.index:
-                display.loc[row, label] = ""
-                continue
-            r = data.loc[(row, teacher)]
-            if r["note"] and not np.isfinite(r["diff"]):
-                display.loc[row, label] = r["note"]
-                continue
-            text = format_interval(r["diff"], r["low"], r["high"], metric)
-            if r["verdict"]:
-                text += f" {r['verdict']}"
-            if r["n"] < full:
-                text += f" (n={int(r['n'])})"
-            display.loc[row, label] = text
-            if r["verdict"] == "better":
-                best.add((row, label))
+
+    def cell(r: pd.Series) -> tuple[str, bool]:
+        if r["note"] and not np.isfinite(r["diff"]):
+            return r["note"], False
+        text = format_interval(r["diff"], r["low"], r["high"], metric)
+        if r["verdict"]:
+            text += f" {r['verdict']}"
+        if r["n"] < full:
+            text += f" (n={int(r['n'])})"
+        return text, r["verdict"] == "better"
+
+    display, best = _by_teacher(data, objectives, teacher_order(cells), cell)
     direction = "higher" if hib else "lower"
     notes = [
         f"{metric}: mean of seed-matched differences objective − {baseline} with a "
@@ -211,24 +229,14 @@ def rank_table(df: pd.DataFrame, metric: str, alpha: float = stats.ALPHA) -> Tab
     _check_metric(df, metric)
     cells = _cells(df)
     data = stats.rank_intervals(cells, metric, higher_is_better(metric), alpha, key=KEY)
-    teachers = teacher_order(cells)
-    rows = objective_order(cells[KEY])
-    display = pd.DataFrame(
-        index=pd.Index(rows, name=KEY), columns=list(teachers["label"]), dtype=object
-    )
-    best = set()
-    for teacher, label in zip(teachers["teacher"], teachers["label"]):
-        for row in rows:
-            if (row, teacher) not in data.index:
-                display.loc[row, label] = ""
-                continue
-            r = data.loc[(row, teacher)]
-            text = f"{int(r['rank'])}"
-            if np.isfinite(r["rank_low"]):
-                text += f" [{int(r['rank_low'])}, {int(r['rank_high'])}]"
-            display.loc[row, label] = text
-            if r["rank"] == 1:
-                best.add((row, label))
+
+    def cell(r: pd.Series) -> tuple[str, bool]:
+        text = f"{int(r['rank'])}"
+        if np.isfinite(r["rank_low"]):
+            text += f" [{int(r['rank_low'])}, {int(r['rank_high'])}]"
+        return text, r["rank"] == 1
+
+    display, best = _by_teacher(data, objective_order(cells[KEY]), teacher_order(cells), cell)
     notes = [
         f"Rank of the mean {metric} (1 = best) with a {_ci(alpha)} percentile bootstrap "
         f"interval ({stats.BOOTSTRAP_RESAMPLES} resamples of the seeds, shared by all "

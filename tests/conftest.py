@@ -9,10 +9,13 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -110,6 +113,33 @@ inprocess = true
 """
 
 
+def chromium_or_skip() -> None:
+    """Skip a test that needs Chromium where there is none; in CI, fail instead."""
+    from leaderboards.browser import find_chromium
+
+    if find_chromium() is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must provide Chromium (.ci/chromium installs Debian's package)")
+        pytest.skip("no Chromium here (apt-get install chromium); CI installs it via .ci/chromium")
+
+
+@contextlib.contextmanager
+def tmpfs_folder(prefix: str, fallback: Path):
+    """A fresh folder on tmpfs when there is one, removed afterwards; else ``fallback``.
+
+    SQLite fsyncs every commit: on tmpfs a store fills several times faster than on disk.
+    """
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK)):
+        yield fallback
+        return
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=shm))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def free_port() -> int:
     """A localhost port that was free a moment ago (bound, then closed)."""
     with socket.socket() as s:
@@ -172,6 +202,68 @@ def running_mlflow_server(
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         log.close()
+
+
+def ddim_draw(folder: Path, unet: Any, n: int, steps: int, seed: int) -> Any:
+    """``n`` images (NHWC, in [0, 1]) drawn from a saved student by diffusers' own
+    ``DDIMPipeline`` (eta 0) with the scheduler saved next to it."""
+    import torch
+    from diffusers import DDIMPipeline, DDIMScheduler
+
+    scheduler = DDIMScheduler.from_pretrained(str(folder), subfolder="scheduler")
+    pipe = DDIMPipeline(unet=unet, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(seed)
+    return pipe(
+        batch_size=n, generator=generator, num_inference_steps=steps, eta=0.0, output_type="np"
+    ).images
+
+
+def kdbench_argv(grid: Path, uri: str, cache: Path, *extra: str) -> list[str]:
+    """``kdbench run GRID --tracking-uri URI --cache-dir CACHE EXTRA...`` by this interpreter."""
+    cmd = [sys.executable, "-m", "harness.cli", "run", str(grid), "--tracking-uri", uri]
+    return [*cmd, "--cache-dir", str(cache), *extra]
+
+
+def one_thread_env(**extra: str) -> dict[str, str]:
+    """Our environment with one OpenMP thread (a shared 2-core machine) plus ``extra``."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", **extra}
+
+
+def run_kdbench(
+    grid: Path, uri: str, cache: Path, *extra: str, timeout: float
+) -> subprocess.CompletedProcess:
+    """``kdbench run`` to its end in the grid's folder, its output captured."""
+    return subprocess.run(
+        kdbench_argv(grid, uri, cache, *extra),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=grid.parent,
+        env=one_thread_env(),
+    )
+
+
+def start_kdbench(
+    grid: Path,
+    uri: str,
+    cache: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+) -> subprocess.Popen:
+    """``kdbench run --quiet --no-leaderboard`` as a real process in its own session (a
+    terminal's process group), in the grid's folder; ``env`` is added to ours."""
+    return subprocess.Popen(
+        kdbench_argv(grid, uri, cache, "--quiet", "--no-leaderboard", *extra),
+        cwd=grid.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env=one_thread_env(**(env or {})),
+        preexec_fn=preexec_fn,
+    )
 
 
 def wait_for(proc: subprocess.Popen, path: Path, timeout: float = 600) -> None:

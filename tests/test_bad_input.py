@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import TINY_GRID, free_port
+from conftest import TINY_GRID, free_port, run_kdbench
 from mlflow.tracking import MlflowClient
 
 from harness.cli import cli
@@ -416,25 +416,8 @@ def test_catalogue_has_at_least_thirty_cases():
 def test_real_process_one_line_exit_2(tmp_path, mistake, expect):
     grid = tmp_path / "grid.toml"
     grid.write_text(textwrap.dedent(TINY))
-    cmd = [
-        sys.executable,
-        "-m",
-        "harness.cli",
-        "run",
-        str(grid),
-        "--tracking-uri",
-        f"sqlite:///{tmp_path / 'mlflow.db'}",
-        "--cache-dir",
-        str(tmp_path / "cache"),
-        *mistake,
-    ]
-    out = subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=tmp_path,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    out = run_kdbench(
+        grid, f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "cache", *mistake, timeout=180
     )
     assert out.returncode == 2, out.stderr
     assert out.stdout == ""

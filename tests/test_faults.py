@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import free_port, running_mlflow_server, wait_for
+from conftest import free_port, running_mlflow_server, start_kdbench, wait_for
 from mlflow.tracking import MlflowClient
 from test_grid_e2e import cell_runs, grid_file, run
 from test_tracking import fast_dir  # noqa: F401 (a fixture)
@@ -37,19 +37,10 @@ def space(tmp_path_factory):
 
 
 def kdbench(grid: Path, uri: str, cache: Path, *extra: str, env: dict | None = None):
-    """``kdbench run`` as a real process in its own session; ``env`` is added to ours."""
-    cmd = [sys.executable, "-m", "harness.cli", "run", str(grid), "--tracking-uri", uri]
-    cmd += ["--cache-dir", str(cache), "--quiet", "--no-leaderboard", *extra]
+    """``kdbench run`` in its own session, with the fault injectors importable; ``env`` is
+    added to ours."""
     path = os.pathsep.join([str(FAULTS), str(REPO), os.environ.get("PYTHONPATH", "")])
-    return subprocess.Popen(
-        cmd,
-        cwd=grid.parent,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path, **(env or {})},
-    )
+    return start_kdbench(grid, uri, cache, *extra, env={"PYTHONPATH": path, **(env or {})})
 
 
 def finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[str, str]:

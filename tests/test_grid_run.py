@@ -11,22 +11,19 @@ diffusers, the HTML page in headless Chromium, resuming, and ``kdbench ui``'s ad
 from __future__ import annotations
 
 import json
-import os
-import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
-from conftest import TINY_GRID
+from conftest import chromium_or_skip, ddim_draw
 from mlflow.tracking import MlflowClient
+from test_grid_e2e import grid_file
 
 import leaderboards as lb
-from harness.config import load_config
 from harness.grid import run_grid
 from harness.gridrun import MODEL_TRAINING, ui_addresses
 from harness.modelio import load_pretrained
-from leaderboards.browser import find_chromium, inspect_page
+from leaderboards.browser import inspect_page
 
 OVERRIDES = [
     "objectives=['none','outkd']",
@@ -35,19 +32,10 @@ OVERRIDES = [
 ]
 
 
-def chromium_or_skip() -> None:
-    if find_chromium() is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must provide Chromium (.ci/chromium installs Debian's package)")
-        pytest.skip("no Chromium here (apt-get install chromium); CI installs it via .ci/chromium")
-
-
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
     root = tmp_path_factory.mktemp("gridrun")
-    path = root / "g.toml"
-    path.write_text(textwrap.dedent(TINY_GRID).replace("NAME", "gridrun"))
-    cfg = load_config(path, OVERRIDES)
+    _, cfg = grid_file(root, "gridrun", OVERRIDES)
     uri = f"sqlite:///{root / 'mlflow.db'}"
 
     def go():
@@ -132,7 +120,7 @@ def test_resumed_grid_reuses_its_run_and_publishes_again(grid):
 
 
 def test_saved_student_draws_through_ddim_pipeline(grid):
-    from diffusers import DDIMPipeline, DDIMScheduler, UNet2DModel
+    from diffusers import UNet2DModel
 
     [cell] = [r for r in runs_of(grid, "cell") if r.data.params["objective"] == "outkd"]
     client = grid["client"]
@@ -144,15 +132,7 @@ def test_saved_student_draws_through_ddim_pipeline(grid):
     student = load_pretrained(local, backbone="unet")  # pruned: kdbench rebuilds its widths
     assert isinstance(student.inner, UNet2DModel)
     assert student.num_parameters() == int(cell.data.params["student_params"])
-    scheduler = DDIMScheduler.from_pretrained(str(local), subfolder="scheduler")
-    pipe = DDIMPipeline(unet=student.inner, scheduler=scheduler)
-    pipe.set_progress_bar_config(disable=True)
-    images = pipe(
-        batch_size=3,
-        generator=torch.Generator().manual_seed(0),
-        num_inference_steps=3,
-        output_type="np",
-    ).images
+    images = ddim_draw(local, student.inner, n=3, steps=3, seed=0)
     assert images.shape == (3, 16, 16, 1)
     assert images.min() >= 0 and images.max() <= 1 and images.std() > 0
 

@@ -25,7 +25,14 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import TINY_GRID, free_port, running_mlflow_server, wait_for
+from conftest import (
+    TINY_GRID,
+    free_port,
+    run_kdbench,
+    running_mlflow_server,
+    start_kdbench,
+    wait_for,
+)
 from mlflow.tracking import MlflowClient
 from test_grid_e2e import cell_runs, grid_file, history, run
 from test_tracking import fast_dir  # noqa: F401 (a fixture)
@@ -73,33 +80,11 @@ def terminal_signals() -> None:
 
 
 def kdbench_run(grid: Path, uri: str, cache: Path, *extra: str) -> subprocess.Popen:
-    """``kdbench run`` as a real process in its own session (a terminal's process group)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "harness.cli",
-        "run",
-        str(grid),
-        "--tracking-uri",
-        uri,
-        "--cache-dir",
-        str(cache),
-        "--quiet",
-        "--no-leaderboard",
-        *extra,
-    ]
-    return subprocess.Popen(
-        cmd,
-        cwd=grid.parent,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-        # A terminal's kdbench sees Ctrl-C even when these tests run with SIGINT ignored
-        # (a background job): the child must not inherit that.
-        preexec_fn=terminal_signals,
-    )
+    """``kdbench run`` as a real process in its own session (a terminal's process group).
+
+    A terminal's kdbench sees Ctrl-C even when these tests run with SIGINT ignored (a
+    background job): the child must not inherit that."""
+    return start_kdbench(grid, uri, cache, *extra, preexec_fn=terminal_signals)
 
 
 @pytest.mark.slow
@@ -433,26 +418,8 @@ def test_unreachable_tracking_uri_fails_before_any_training(tmp_path):
     grid = tmp_path / "grid.toml"
     grid.write_text(textwrap.dedent(TINY_GRID).replace("NAME", "hard-unreachable"))
     port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "harness.cli",
-        "run",
-        str(grid),
-        "--tracking-uri",
-        f"http://bob:hunter2@127.0.0.1:{port}",
-        "--cache-dir",
-        str(tmp_path / "cache"),
-    ]
     start = time.monotonic()
-    out = subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    out = run_kdbench(grid, f"http://bob:hunter2@127.0.0.1:{port}", tmp_path / "cache", timeout=300)
     elapsed = time.monotonic() - start
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()

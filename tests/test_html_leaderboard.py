@@ -9,23 +9,20 @@ skips where Chromium is absent, except under CI, which installs it (``.ci/chromi
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import tempfile
 from html.parser import HTMLParser
-from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import chromium_or_skip, tmpfs_folder
 from mlflow.tracking import MlflowClient
 from PIL import Image
 from test_leaderboards import _common, _log
 
 import leaderboards as lb
 from harness.cli import cli
-from leaderboards.browser import WIDTH, find_chromium, inspect_page
+from leaderboards.browser import WIDTH, inspect_page
 
 HOSTILE_OBJECTIVE = "<script>alert('o')</script>"
 HOSTILE_TEACHER = '"><img src=x onerror=alert(1)>'
@@ -33,77 +30,64 @@ TEACHERS = {HOSTILE_TEACHER: 900_000, "small & <b>bold</b>": 300_000}
 OBJECTIVES = ["none", HOSTILE_OBJECTIVE, "place"]
 
 
-def chromium_or_skip() -> None:
-    if find_chromium() is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must provide Chromium (.ci/chromium installs Debian's package)")
-        pytest.skip("no Chromium here (apt-get install chromium); CI installs it via .ci/chromium")
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    # SQLite commits fsync; on tmpfs the store fills several times faster than on disk.
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK):
-        root = Path(tempfile.mkdtemp(prefix="kdbench-html-", dir=shm))
-    else:
-        root = tmp_path_factory.mktemp("html")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=uri)
-    eid = client.create_experiment("hostile")
-    rng = np.random.default_rng(0)
-    for teacher, size in TEACHERS.items():
-        _log(
-            client,
-            eid,
-            {**_common("g<1>"), "kdbench.kind": "teacher"},
-            {"teacher": teacher, "teacher_params": size},
-            {"fid": 4.0, "class_acc": 0.95},
-            "finished",
-        )
-        for objective in OBJECTIVES:
-            for seed in (0, 1):
-                history = None
-                if objective == "place":
-                    steps = np.arange(10)
-                    history = {
-                        "train/place/w": 1 - np.exp(-steps / 3),
-                        "train/place/coarse": np.exp(-steps / 4) + 1e-3,
-                        "train/place/fine": np.exp(-steps / 5) + 1e-3,
-                    }
-                image = np.zeros((16, 16, 3), np.uint8) + np.uint8(
-                    40 * (1 + OBJECTIVES.index(objective))
-                )
-                _log(
-                    client,
-                    eid,
-                    {
-                        **_common("g<1>"),
-                        "kdbench.kind": "cell",
-                        "kdbench.cell_id": f"{objective}-{teacher}-{seed}",
-                    },
-                    {
-                        "objective": objective,
-                        "teacher": teacher,
-                        "teacher_params": size,
-                        "student": "s",
-                        "student_params": 50_000,
-                        "seed": seed,
-                        "dataset": "digits",
-                        "image_size": 8,
-                    },
-                    {
-                        "fid": 30 + 10 * OBJECTIVES.index(objective) + rng.normal(0, 1),
-                        "class_acc": 0.5,
-                        "iter_per_s": 10.0,
-                        "peak_mem_mb": 100.0,
-                    },
-                    "finished",
-                    history,
-                    image,
-                )
-    yield {"uri": uri, "root": root}
-    shutil.rmtree(root, ignore_errors=True)
+    with tmpfs_folder("kdbench-html-", tmp_path_factory.mktemp("html")) as root:
+        uri = f"sqlite:///{root / 'mlflow.db'}"
+        client = MlflowClient(tracking_uri=uri)
+        eid = client.create_experiment("hostile")
+        rng = np.random.default_rng(0)
+        for teacher, size in TEACHERS.items():
+            _log(
+                client,
+                eid,
+                {**_common("g<1>"), "kdbench.kind": "teacher"},
+                {"teacher": teacher, "teacher_params": size},
+                {"fid": 4.0, "class_acc": 0.95},
+                "finished",
+            )
+            for objective in OBJECTIVES:
+                for seed in (0, 1):
+                    history = None
+                    if objective == "place":
+                        steps = np.arange(10)
+                        history = {
+                            "train/place/w": 1 - np.exp(-steps / 3),
+                            "train/place/coarse": np.exp(-steps / 4) + 1e-3,
+                            "train/place/fine": np.exp(-steps / 5) + 1e-3,
+                        }
+                    image = np.zeros((16, 16, 3), np.uint8) + np.uint8(
+                        40 * (1 + OBJECTIVES.index(objective))
+                    )
+                    _log(
+                        client,
+                        eid,
+                        {
+                            **_common("g<1>"),
+                            "kdbench.kind": "cell",
+                            "kdbench.cell_id": f"{objective}-{teacher}-{seed}",
+                        },
+                        {
+                            "objective": objective,
+                            "teacher": teacher,
+                            "teacher_params": size,
+                            "student": "s",
+                            "student_params": 50_000,
+                            "seed": seed,
+                            "dataset": "digits",
+                            "image_size": 8,
+                        },
+                        {
+                            "fid": 30 + 10 * OBJECTIVES.index(objective) + rng.normal(0, 1),
+                            "class_acc": 0.5,
+                            "iter_per_s": 10.0,
+                            "peak_mem_mb": 100.0,
+                        },
+                        "finished",
+                        history,
+                        image,
+                    )
+        yield {"uri": uri, "root": root}
 
 
 class _Page(HTMLParser):
@@ -176,24 +160,17 @@ def test_browser_reports_a_broken_page(tmp_path):
     assert any("boom" in e for e in seen.errors)
 
 
+def hostile_leaderboard(store, *options: str):
+    """``kdbench leaderboard`` of the hostile experiment, in process."""
+    args = ["leaderboard", "--tracking-uri", store["uri"], "--experiment", "hostile"]
+    return CliRunner().invoke(cli, [*args, *options])
+
+
 def test_leaderboard_command_writes_page_and_screenshot(store, tmp_path):
     chromium_or_skip()
     out, shot = tmp_path / "page.html", tmp_path / "shot.png"
-    result = CliRunner().invoke(
-        cli,
-        [
-            "leaderboard",
-            "--tracking-uri",
-            store["uri"],
-            "--experiment",
-            "hostile",
-            "--format",
-            "html",
-            "-o",
-            str(out),
-            "--screenshot",
-            str(shot),
-        ],
+    result = hostile_leaderboard(
+        store, "--format", "html", "-o", str(out), "--screenshot", str(shot)
     )
     assert result.exit_code == 0, result.output
     found = re.search(r"wrote .*shot\.png \((\d+) tables, (\d+) figures\)", result.output)
@@ -204,18 +181,7 @@ def test_leaderboard_command_writes_page_and_screenshot(store, tmp_path):
 
 def test_screenshot_without_chromium_is_one_line_exit_2(store, tmp_path, monkeypatch):
     monkeypatch.setenv("KDBENCH_CHROMIUM", str(tmp_path / "no-such-browser"))
-    result = CliRunner().invoke(
-        cli,
-        [
-            "leaderboard",
-            "--tracking-uri",
-            store["uri"],
-            "--experiment",
-            "hostile",
-            "--screenshot",
-            str(tmp_path / "shot.png"),
-        ],
-    )
+    result = hostile_leaderboard(store, "--screenshot", str(tmp_path / "shot.png"))
     assert result.exit_code == 2
     assert result.output.strip().splitlines()[-1].startswith("kdbench: error: no Chromium found")
 

@@ -5,17 +5,14 @@ from __future__ import annotations
 import html
 import io
 import json
-import os
-import shutil
-import tempfile
 import time
 from html.parser import HTMLParser
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.stats
+from conftest import tmpfs_folder
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from PIL import Image
@@ -159,20 +156,20 @@ def _fill(client, experiment, grid, seed, objectives, teachers, images=True):
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    # SQLite commits fsync; on tmpfs the store fills ~4x faster than on disk.
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK):
-        root = Path(tempfile.mkdtemp(prefix="kdbench-board-", dir=shm))
-    else:
-        root = tmp_path_factory.mktemp("board")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    client = MlflowClient(tracking_uri=uri)
-    truth_a = _fill(client, "grid-a", "g1", 0, OBJECTIVES, list(TEACHERS))
-    truth_b = _fill(
-        client, "grid-b", "g2", 1, ["none", "outkd", "place"], ["prune0.7", "base"], images=False
-    )
-    yield {"uri": uri, "a": truth_a, "b": truth_b, "root": root}
-    shutil.rmtree(root, ignore_errors=True)
+    with tmpfs_folder("kdbench-board-", tmp_path_factory.mktemp("board")) as root:
+        uri = f"sqlite:///{root / 'mlflow.db'}"
+        client = MlflowClient(tracking_uri=uri)
+        truth_a = _fill(client, "grid-a", "g1", 0, OBJECTIVES, list(TEACHERS))
+        truth_b = _fill(
+            client,
+            "grid-b",
+            "g2",
+            1,
+            ["none", "outkd", "place"],
+            ["prune0.7", "base"],
+            images=False,
+        )
+        yield {"uri": uri, "a": truth_a, "b": truth_b, "root": root}
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ import json
 
 import pytest
 import torch
+from conftest import ddim_draw
 from diffusers import (
-    DDIMPipeline,
     DDIMScheduler,
     FlowMatchEulerDiscreteScheduler,
     UNet2DModel,
@@ -77,15 +77,7 @@ def test_pruned_ddpm_student_draws_the_same_digits_through_ddim_pipeline(tmp_pat
 
     scheduler = DDIMScheduler.from_pretrained(str(folder), subfolder="scheduler")
     assert scheduler.config.timestep_spacing == "trailing" and scheduler.config.clip_sample
-    pipe = DDIMPipeline(unet=loaded.inner, scheduler=scheduler)
-    pipe.set_progress_bar_config(disable=True)
-    drawn = pipe(
-        batch_size=4,
-        generator=torch.Generator().manual_seed(7),
-        num_inference_steps=5,
-        eta=0.0,
-        output_type="np",
-    ).images
+    drawn = ddim_draw(folder, loaded.inner, n=4, steps=5, seed=7)
     assert drawn.shape == (4, 16, 16, 1)
     expected = kdbench_samples(student, process, 4, 5, seed=7)
     assert expected.std() > 0.01  # not a constant image

@@ -7,14 +7,11 @@ import math
 import multiprocessing as mp
 import os
 import pickle
-import shutil
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import free_port, running_mlflow_server
+from conftest import free_port, running_mlflow_server, tmpfs_folder
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
@@ -25,13 +22,8 @@ from harness.tracking import Tracker, mask_uri, resolve_uri
 @pytest.fixture
 def fast_dir(tmp_path):
     """A folder on tmpfs when there is one: SQLite fsyncs every commit."""
-    shm = Path("/dev/shm")
-    if not (shm.is_dir() and os.access(shm, os.W_OK)):
-        yield tmp_path
-        return
-    folder = Path(tempfile.mkdtemp(prefix="kdbench-track-", dir=shm))
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
+    with tmpfs_folder("kdbench-track-", tmp_path) as folder:
+        yield folder
 
 
 # ---------------------------------------------------------------------------- URIs

@@ -42,6 +42,18 @@ def maker(data, seed=0, batch=8):
 SETTINGS = dict(steps=6, batch_size=8, lr=1e-3, log_every=1, checkpoint_every=2)
 
 
+def train_tiny(data, objective, teacher, settings=None, **options):
+    """``train`` a fresh ``tiny(0)`` student on ``data`` with ``objective`` (its tables)."""
+    return train(
+        tiny(0),
+        batches=maker(data),
+        settings=settings or LoopSettings(**SETTINGS),
+        objective=build_combination(objective),
+        teacher=teacher,
+        **options,
+    )
+
+
 def test_step_randomness_is_a_function_of_seed_and_step():
     a, b = StepRandomness(10, 4, seed=1), StepRandomness(10, 4, seed=1)
     for step in (0, 3, 2, 7):
@@ -73,13 +85,7 @@ def test_every_objective_sees_the_same_data_noise_and_timesteps(data):
     records = {}
     for name in ("outkd", "place", "lift"):
         spy = Spy()
-        train(
-            tiny(0),
-            batches=maker(data),
-            settings=LoopSettings(**SETTINGS),
-            objective=build_combination([{"name": name}]),
-            teacher=spy,
-        )
+        train_tiny(data, [{"name": name}], spy)
         records[name] = spy.seen
     base = records["outkd"]
     for name in ("place", "lift"):
@@ -91,23 +97,11 @@ def test_every_objective_sees_the_same_data_noise_and_timesteps(data):
 def test_cached_teacher_trains_exactly_like_the_live_teacher(data, tmp_path):
     teacher = tiny(1, preset_index=1)
     objective = [{"name": "outkd"}]
-    live = train(
-        tiny(0),
-        batches=maker(data),
-        settings=LoopSettings(**SETTINGS),
-        objective=build_combination(objective),
-        teacher=LiveTeacher(teacher),
-    )
+    live = train_tiny(data, objective, LiveTeacher(teacher))
     cache = TeacherPredictionCache(tmp_path / "preds", steps=SETTINGS["steps"], chunk=4)
     cache.build(LiveTeacher(teacher), maker(data))
     assert cache.complete() and cache.num_chunks == 2
-    cached = train(
-        tiny(0),
-        batches=maker(data),
-        settings=LoopSettings(**SETTINGS),
-        objective=build_combination(objective),
-        teacher=CachedTeacher(cache),
-    )
+    cached = train_tiny(data, objective, CachedTeacher(cache))
     for p, q in zip(live.model.parameters(), cached.model.parameters()):
         assert torch.equal(p, q)
 
@@ -115,13 +109,7 @@ def test_cached_teacher_trains_exactly_like_the_live_teacher(data, tmp_path):
 def test_a_killed_run_resumes_to_the_same_result(data, tmp_path):
     teacher = LiveTeacher(tiny(1, preset_index=1))
     objective = [{"name": "place", "group_size": 16}]
-    full = train(
-        tiny(0),
-        batches=maker(data),
-        settings=LoopSettings(**SETTINGS),
-        objective=build_combination(objective),
-        teacher=teacher,
-    )
+    full = train_tiny(data, objective, teacher)
     ckpt = tmp_path / "cell.safetensors"
 
     def stop_at_3(step, metrics):
@@ -129,24 +117,9 @@ def test_a_killed_run_resumes_to_the_same_result(data, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(
-            tiny(0),
-            batches=maker(data),
-            settings=LoopSettings(**SETTINGS),
-            objective=build_combination(objective),
-            teacher=teacher,
-            checkpoint=ckpt,
-            log=stop_at_3,
-        )
+        train_tiny(data, objective, teacher, checkpoint=ckpt, log=stop_at_3)
     assert ckpt.exists()  # written after step 2
-    resumed = train(
-        tiny(0),
-        batches=maker(data),
-        settings=LoopSettings(**SETTINGS),
-        objective=build_combination(objective),
-        teacher=teacher,
-        checkpoint=ckpt,
-    )
+    resumed = train_tiny(data, objective, teacher, checkpoint=ckpt)
     for p, q in zip(full.model.parameters(), resumed.model.parameters()):
         assert torch.equal(p, q)
     for p, q in zip(full.ema.parameters(), resumed.ema.parameters()):
@@ -166,13 +139,7 @@ def test_nan_loss_is_reported_as_divergence_with_its_step(data):
             return Outputs(pred)
 
     with pytest.raises(DivergedError) as err:
-        train(
-            tiny(0),
-            batches=maker(data),
-            settings=LoopSettings(**SETTINGS),
-            objective=build_combination([{"name": "outkd"}]),
-            teacher=NaNTeacher(),
-        )
+        train_tiny(data, [{"name": "outkd"}], NaNTeacher())
     assert err.value.step == 2
     assert "nan" in err.value.reason
 
@@ -190,11 +157,5 @@ def test_exploding_loss_is_reported_as_divergence(data):
             return Outputs(scale * torch.ones_like(batch.x_t))
 
     with pytest.raises(DivergedError, match=r"x early loss") as err:
-        train(
-            tiny(0),
-            batches=maker(data),
-            settings=settings,
-            objective=build_combination([{"name": "outkd"}]),
-            teacher=Exploding(),
-        )
+        train_tiny(data, [{"name": "outkd"}], Exploding(), settings=settings)
     assert err.value.step == 25

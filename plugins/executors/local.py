@@ -61,9 +61,9 @@ from harness.errors import OptionError
 from harness.executor import (
     Cell,
     Executor,
-    GridInterrupted,
     InterruptCounter,
     Work,
+    check_non_negative,
     check_positive,
     describe,
     failed,
@@ -349,10 +349,7 @@ class LocalExecutor(Executor):
             raise OptionError(
                 f"executor 'local': option preload must be a list of module names, got {preload!r}"
             )
-        if isinstance(grace_s, bool) or not isinstance(grace_s, (int, float)) or grace_s < 0:
-            raise OptionError(
-                f"executor 'local': option grace_s must be a number >= 0, got {grace_s!r}"
-            )
+        check_non_negative(self.name, "grace_s", grace_s, kind=float, allow_none=False)
         super().__init__(
             workers=workers,
             threads=threads,
@@ -371,7 +368,6 @@ class LocalExecutor(Executor):
         self.inprocess = bool(inprocess)
         self.grace_s = float(grace_s)
         self.progress = progress
-        self.results: list[dict[str, Any]] | None = None
 
     def run(self, cells: list[Cell], work: Work) -> list[dict[str, Any]]:
         """Run ``work(cell)`` for every cell; one result dict per cell, in order.
@@ -506,10 +502,7 @@ class LocalExecutor(Executor):
                 child.proc.join()
             progress.close()
         final = [r if r is not None else skipped(cells[i]) for i, r in enumerate(results)]
-        self.results = final
-        if interrupts.count:
-            raise GridInterrupted(final, interrupts.signum)
-        return final
+        return self.conclude(final, interrupts)
 
     def _stop(
         self,
@@ -564,10 +557,7 @@ class LocalExecutor(Executor):
                     traceback.print_exc(file=sys.stderr)
                     results.append(failed(cell, describe(exc)))
                 progress.update(results[-1], time.monotonic() - started)
-        self.results = results
-        if interrupts.count:
-            raise GridInterrupted(results, interrupts.signum)
-        return results
+        return self.conclude(results, interrupts)
 
 
 @hookimpl

@@ -25,13 +25,13 @@ import time
 from typing import Any
 
 from harness import hookimpl
-from harness.errors import KDBenchError, OptionError
+from harness.errors import KDBenchError
 from harness.executor import (
     Cell,
     Executor,
-    GridInterrupted,
     InterruptCounter,
     Work,
+    check_non_negative,
     check_positive,
     describe,
     failed,
@@ -113,17 +113,9 @@ class RayExecutor(Executor):
         progress: bool | None = None,
     ):
         check_positive(self.name, "num_cpus", num_cpus, kind=float, allow_none=False)
-        for option, value in (("num_gpus", num_gpus), ("grace_s", grace_s)):
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0
-            ):
-                raise OptionError(
-                    f"executor 'ray': option {option} must be a number >= 0, got {value!r}"
-                )
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise OptionError(
-                f"executor 'ray': option max_retries must be an integer >= 0, got {max_retries!r}"
-            )
+        check_non_negative(self.name, "num_gpus", num_gpus, kind=float)
+        check_non_negative(self.name, "grace_s", grace_s, kind=float, allow_none=False)
+        check_non_negative(self.name, "max_retries", max_retries, allow_none=False)
         super().__init__(
             address=address,
             num_gpus=num_gpus,
@@ -138,7 +130,6 @@ class RayExecutor(Executor):
         self.max_retries = max_retries
         self.grace_s = float(grace_s)
         self.progress = progress
-        self.results: list[dict[str, Any]] | None = None
 
     def resolve_gpus(self, ray: Any) -> float:
         """GPUs per cell on the connected cluster, checked to fit on some live node."""
@@ -211,10 +202,7 @@ class RayExecutor(Executor):
                         f"{self.grace_s:g} s, force-cancelled",
                     )
         final = [r for r in results if r is not None]  # every cell has one by now
-        self.results = final
-        if interrupts.count:
-            raise GridInterrupted(final, interrupts.signum)
-        return final
+        return self.conclude(final, interrupts)
 
     @staticmethod
     def _collect(ray: Any, ref: Any, cell: Cell, cancelled: bool) -> dict[str, Any]:

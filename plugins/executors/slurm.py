@@ -32,9 +32,9 @@ from harness.errors import KDBenchError, OptionError
 from harness.executor import (
     Cell,
     Executor,
-    GridInterrupted,
     InterruptCounter,
     Work,
+    check_non_negative,
     check_positive,
     describe,
     failed,
@@ -146,16 +146,8 @@ class SlurmExecutor(Executor):
             check_positive(self.name, option, value)
         check_positive(self.name, "mem_gb", mem_gb, kind=float)
         check_positive(self.name, "poll_s", poll_s, kind=float, allow_none=False)
-        for option, value in (
-            ("gpus_per_node", gpus_per_node),
-            ("max_num_timeout", max_num_timeout),
-        ):
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 0
-            ):
-                raise OptionError(
-                    f"executor 'slurm': option {option} must be an integer >= 0, got {value!r}"
-                )
+        check_non_negative(self.name, "gpus_per_node", gpus_per_node)
+        check_non_negative(self.name, "max_num_timeout", max_num_timeout)
         if cluster not in CLUSTERS:
             raise OptionError(
                 f"executor 'slurm': unknown cluster {cluster!r}; valid: "
@@ -180,7 +172,6 @@ class SlurmExecutor(Executor):
         self.max_num_timeout = max_num_timeout
         self.poll_s = float(poll_s)
         self.progress = progress
-        self.results: list[dict[str, Any]] | None = None
 
     def submitit_parameters(self) -> dict[str, Any]:
         """The ``AutoExecutor.update_parameters`` keywords for the options that are set."""
@@ -252,10 +243,7 @@ class SlurmExecutor(Executor):
                 for i in pending:
                     results[i] = self._interrupted(jobs[i], cells[i])
         final = [r for r in results if r is not None]  # every cell has one by now
-        self.results = final
-        if interrupts.count:
-            raise GridInterrupted(final, interrupts.signum)
-        return final
+        return self.conclude(final, interrupts)
 
     @staticmethod
     def _done(job: Any) -> bool:

@@ -20,7 +20,8 @@ class LIFT(Objective):
     (paper, ``coarse="l1"``) or the squares (``"l2"``, the released code's choice);
     ``fine`` = mean over elements of ``(sg(beta1) s + sg(beta0) - t)^2`` (betas detached
     as in all released code); ``w = 1 - min(1, mean|beta1-1| + mean|beta0|)`` without
-    gradient, always from L1 deviations; ``loss = coarse + w * fine``.
+    gradient, always from L1 deviations; ``loss = coarse + w * fine``.  ``place`` keeps
+    this loss and replaces ``fit`` (one fit per row here).
     """
 
     name = "lift"
@@ -34,18 +35,26 @@ class LIFT(Objective):
     def forward(
         self, student: Outputs, teacher: Outputs, step: int = 0, total_steps: int = 1
     ) -> dict[str, Tensor]:
-        s, t = student.pred, teacher.pred.detach()
+        s2, t2 = self.fitting_sets(student.pred, teacher.pred.detach())
+        coarse, fine, deviation = self.fit(s2, t2)
+        weight = adaptive_weight(deviation)
+        return {"coarse": coarse, "fine": fine, "w": weight, "loss": coarse + weight * fine}
+
+    def fitting_sets(self, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Student and teacher predictions as ``[B*C, H*W]``: one row per (sample, channel)."""
         check_pair(s, t)
         check_image(self.name, s)
         b, c, h, w = s.shape
-        s2 = as_float(s).reshape(b * c, h * w)
-        t2 = as_float(t).reshape(b * c, h * w)
+        return as_float(s).reshape(b * c, h * w), as_float(t).reshape(b * c, h * w)
+
+    def fit(self, s2: Tensor, t2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(coarse, fine, deviation)`` of one line fit per row; ``w`` comes from the
+        deviation."""
         beta1, beta0 = line_fit(s2, t2, self.eps)
         coarse = coarse_penalty(beta1, beta0, self.coarse)
         fit = beta1.detach().unsqueeze(-1) * s2 + beta0.detach().unsqueeze(-1)
         fine = (fit - t2).square().mean()
-        weight = adaptive_weight(fit_deviation(beta1, beta0))
-        return {"coarse": coarse, "fine": fine, "w": weight, "loss": coarse + weight * fine}
+        return coarse, fine, fit_deviation(beta1, beta0)
 
 
 @hookimpl

@@ -6,20 +6,14 @@ from torch import Tensor
 
 from harness import hookimpl
 from harness.errors import OptionError
-from harness.objective import Objective, Outputs, check_pair
 from harness.tunables import Choice, LogUniform
-from plugins.objectives._checks import (
-    as_float,
-    check_choice,
-    check_image,
-    check_int,
-    check_number,
-)
-from plugins.objectives._fit import COARSE, adaptive_weight
+from plugins.objectives._checks import check_int
+from plugins.objectives._fit import COARSE
 from plugins.objectives._grouped import GroupedFit, difficulty_order
+from plugins.objectives.lift import LIFT
 
 
-class PLACE(Objective):
+class PLACE(LIFT):
     """PLACE: LIFT with several fitting sets per (sample, channel), grouped by difficulty.
 
     Per (sample, channel), the H*W elements are ordered by the key ``sg((t - s)^2)``
@@ -40,33 +34,26 @@ class PLACE(Objective):
     }
 
     def __init__(self, *, group_size: int = 16, coarse: str = "l1", eps: float = 1e-6):
-        super().__init__()
-        self.group_size = check_int(
+        group_size = check_int(
             self.name, "group_size", group_size, minimum=2, why="a line fit needs two elements"
         )
-        self.coarse = check_choice(self.name, "coarse", coarse, COARSE)
-        self.eps = check_number(self.name, "eps", eps, strict=True)
+        super().__init__(coarse=coarse, eps=eps)
+        self.group_size = group_size
 
-    def forward(
-        self, student: Outputs, teacher: Outputs, step: int = 0, total_steps: int = 1
-    ) -> dict[str, Tensor]:
-        s, t = student.pred, teacher.pred.detach()
-        check_pair(s, t)
-        check_image(self.name, s)
-        b, c, h, w = s.shape
-        if h * w < self.group_size:
+    def fitting_sets(self, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        s2, t2 = super().fitting_sets(s, t)
+        if s2.shape[1] < self.group_size:
+            h, w = s.shape[-2:]
             raise OptionError(
                 f"objective 'place': H*W = {h}x{w} = {h * w} elements per channel is fewer than "
                 f"group_size = {self.group_size}; use group_size <= {h * w}"
             )
-        s2 = as_float(s).reshape(b * c, h * w)
-        t2 = as_float(t).reshape(b * c, h * w)
+        return s2, t2
+
+    def fit(self, s2: Tensor, t2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """LIFT's fit per difficulty-ordered group of each row (one autograd function)."""
         order = difficulty_order((t2 - s2.detach()).square_())
-        coarse, fine, deviation = GroupedFit.apply(
-            s2, t2, order, self.group_size, self.eps, self.coarse
-        )
-        weight = adaptive_weight(deviation)
-        return {"coarse": coarse, "fine": fine, "w": weight, "loss": coarse + weight * fine}
+        return GroupedFit.apply(s2, t2, order, self.group_size, self.eps, self.coarse)
 
 
 @hookimpl
