@@ -19,7 +19,6 @@ from harness import build_combination, get_backbone  # noqa: E402
 from harness.process import get_process  # noqa: E402
 from harness.trainer import BatchMaker, LiveTeacher, LoopSettings, train  # noqa: E402
 
-
 HALF_WIDTH = {"block_out_channels": [8, 16, 16], "norm_num_groups": 4}
 
 
