@@ -247,8 +247,6 @@ def open_client(uri: str, create: bool = False):
     With ``create=False`` (readers such as leaderboards) a missing SQLite file is an error
     instead of a fresh, empty store.
     """
-    from mlflow.tracking import MlflowClient
-
     db = sqlite_path(uri)
     if db is not None:
         if not create and not db.exists():
@@ -257,6 +255,19 @@ def open_client(uri: str, create: bool = False):
                 "--tracking-uri / MLFLOW_TRACKING_URI)"
             )
         db.parent.mkdir(parents=True, exist_ok=True)
+        # Two `kdbench run`s started together on a fresh file would both run MLflow's
+        # table migrations and one would fail ("table _alembic_tmp_experiments already
+        # exists"): the first to take the lock creates the tables, the other finds them.
+        from filelock import FileLock
+
+        with FileLock(f"{db}.lock"):
+            return _checked_client(uri)
+    return _checked_client(uri)
+
+
+def _checked_client(uri: str):
+    from mlflow.tracking import MlflowClient
+
     try:
         client = MlflowClient(tracking_uri=uri)
     except Exception as exc:
