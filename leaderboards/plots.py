@@ -34,6 +34,7 @@ from harness.schema import Kind, Status  # noqa: E402
 from harness.tracking import env_override  # noqa: E402
 from leaderboards import stats as st  # noqa: E402
 from leaderboards.tables import (  # noqa: E402
+    ROW_KEY,
     base_names,
     cell_stats,
     format_params,
@@ -113,8 +114,10 @@ def plot_capacity_gap(
         fig, ax = plt.subplots(figsize=(4.2, 2.9))
         for i, objective in enumerate(objectives):
             rows = stats[stats["objective"] == objective].sort_values("teacher_params")
-            # Dodge objectives sideways (a few % in log space) so error bars do not overlap.
-            dodge = 10 ** (0.012 * (i - (len(objectives) - 1) / 2))
+            # Dodge objectives sideways (a few % in log space, at most 0.12 decades in all)
+            # so error bars do not overlap.
+            step = min(0.012, 0.12 / max(len(objectives) - 1, 1))
+            dodge = 10 ** (step * (i - (len(objectives) - 1) / 2))
             x = rows["teacher_params"].to_numpy(dtype=float) * dodge
             ok = (rows["n"] > 0).to_numpy()
             style = dict(color=colors[objective], marker=MARKERS[i % len(MARKERS)])
@@ -351,18 +354,25 @@ def _teacher_shades(teachers: pd.DataFrame) -> dict:
     }
 
 
+def _keyed_cells(df: pd.DataFrame) -> pd.DataFrame:
+    """The cell runs with their leaderboard row key (the objective's full specification):
+    variants of one objective are plotted apart, as the tables show them."""
+    cells = df[df["kind"] == Kind.CELL]
+    return cells.assign(**{ROW_KEY: row_key(cells)})
+
+
 def plot_forest(
     df: pd.DataFrame, path, metric: str, baseline: str, alpha: float = st.ALPHA
 ) -> Path | None:
     """Difference to ``baseline`` with its interval, per objective: one line per teacher
     (smallest on top) and the pooled estimate (black diamond)."""
-    cells = df[df["kind"] == Kind.CELL]
+    cells = _keyed_cells(df)
     hib = higher_is_better(metric)
-    diffs = st.baseline_differences(cells, metric, baseline, hib, alpha)
+    diffs = st.baseline_differences(cells, metric, baseline, hib, alpha, key=ROW_KEY)
     diffs = diffs[np.isfinite(diffs["diff"].to_numpy(dtype=float))]
     if diffs.empty:
         return None
-    pooled = st.pooled(cells, metric, baseline, hib, alpha)
+    pooled = st.pooled(cells, metric, baseline, hib, alpha, key=ROW_KEY)
     teachers = teacher_order(cells)
     shade = _teacher_shades(teachers)
     labels = dict(zip(teachers["teacher"], teachers["label"]))
@@ -425,9 +435,9 @@ def plot_forest(
 def plot_slopes(df: pd.DataFrame, path, metric: str, alpha: float = st.ALPHA) -> Path | None:
     """Slope per decade of teacher parameters with its interval (left) and its difference
     to OutKD's slope (right, when OutKD ran)."""
-    cells = df[df["kind"] == Kind.CELL]
+    cells = _keyed_cells(df)
     hib = higher_is_better(metric)
-    slopes = st.slopes(cells, metric, hib, "outkd", alpha)
+    slopes = st.slopes(cells, metric, hib, "outkd", alpha, key=ROW_KEY)
     slopes = slopes[np.isfinite(slopes["slope"].to_numpy(dtype=float))]
     if slopes.empty:
         return None

@@ -283,3 +283,27 @@ def test_one_teacher_has_no_slope():
     assert (table.display.iloc[:, 0] == "one teacher size: no slope").all()
     pooled = pooled_table(df, "fid", "none")
     assert pooled.data.loc["outkd", "teachers"] == 1
+
+
+def test_plots_keep_variants_of_one_objective_apart(tmp_path, monkeypatch):
+    """The forest and slope plots show one row per objective specification, as the tables
+    do: two weights of LIFT are two rows, not one pooled 'lift'."""
+    from leaderboards import plots
+
+    df = simulate(1, {"none": 0.0, "a": -20.0, "b": 15.0}, slopes={"b": 10.0}, rng=3)
+    df["objective_label"] = df["objective"].map(
+        {"none": "none", "a": "lift[weight=10]", "b": "lift[weight=0.1]"}
+    )
+    df["objective"] = df["objective"].replace({"a": "lift", "b": "lift"})
+    shown: dict[str, list[str]] = {}
+
+    def keep_labels(fig, path):
+        shown[path.name] = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+        plots.plt.close(fig)
+        return path
+
+    monkeypatch.setattr(plots, "_save", keep_labels)
+    plots.plot_forest(df, tmp_path / "forest.png", "fid", "none")
+    plots.plot_slopes(df, tmp_path / "slopes.png", "fid")
+    assert shown["forest.png"] == ["lift[weight=0.1]", "lift[weight=10]"]
+    assert set(shown["slopes.png"]) == {"none", "lift[weight=0.1]", "lift[weight=10]"}
