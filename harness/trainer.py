@@ -168,6 +168,7 @@ class LiveTeacher(TeacherSource):
 
         self.model = model.eval().requires_grad_(False)
         self.pairs = pairs or {}
+        self._taps = list(dict.fromkeys(self.pairs.values()))  # distinct, in depth order
         self._recorder = FeatureRecorder
         self._autocast = autocast
         self.seconds = 0.0
@@ -177,8 +178,7 @@ class LiveTeacher(TeacherSource):
         start = time.perf_counter()
         with self._autocast():
             if self.pairs:
-                taps = list(dict.fromkeys(self.pairs.values()))  # distinct, in depth order
-                with self._recorder(self.model, taps) as rec:
+                with self._recorder(self.model, self._taps) as rec:
                     pred = self.model(batch.x_t, batch.t, batch.cond)
                 feats = {s: rec.features[t].float() for s, t in self.pairs.items()}
             else:
