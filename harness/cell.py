@@ -85,11 +85,12 @@ def process_age() -> float | None:
 
 
 def _setup_worker(job: Job) -> tuple[GridConfig, Any, torch.device]:
+    from harness.threads import limit_threads
     from harness.tracking import Tracker
 
     cfg = GridConfig.model_validate(job.context.config)
     if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+        limit_threads(cfg.train.threads)
     torch.use_deterministic_algorithms(False)
     tracker = Tracker.attach(job.context.tracking_uri, job.context.experiment_id)
     return cfg, tracker, pick_device()

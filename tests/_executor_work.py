@@ -52,8 +52,16 @@ def environment(cell: dict) -> dict:
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "torch_threads": torch.get_num_threads() if torch else None,
+        "blas_threads": _blas_threads(),
         "pid": os.getpid(),
     }
+
+
+def _blas_threads() -> list[int]:
+    import numpy  # noqa: F401  (loads its OpenBLAS if nothing did)
+    from threadpoolctl import threadpool_info
+
+    return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
 
 
 def until_interrupted(cell: dict) -> dict:

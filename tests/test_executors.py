@@ -215,8 +215,30 @@ def test_local_sets_torch_threads_in_the_child(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     results = LocalExecutor(workers=1, threads=1).run(make_cells(tmp_path, 1), fns.environment)
     assert results[0]["omp_num_threads"] == "1" and results[0]["torch_threads"] == 1
+    assert set(results[0]["blas_threads"]) == {1}  # numpy's OpenBLAS too (harness.threads)
     assert results[0]["cuda_visible_devices"] == os.environ.get("CUDA_VISIBLE_DEVICES")
     assert os.environ["OMP_NUM_THREADS"] == "2"
+
+
+def test_limit_threads_sets_the_blas_pool_numpy_already_loaded():
+    """A forkserver imports numpy before a cell's OMP_NUM_THREADS exists: its OpenBLAS
+    pool must be set where it is, not through the environment."""
+    probe = (
+        "import numpy, torch\n"
+        "from threadpoolctl import threadpool_info\n"
+        "from harness.threads import limit_threads\n"
+        "blas = lambda: [p['num_threads'] for p in threadpool_info() if p['user_api'] == 'blas']\n"
+        "before = blas()\n"
+        "limit_threads(1)\n"
+        "print(before, blas(), torch.get_num_threads())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    env["OPENBLAS_NUM_THREADS"] = "2"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["[2]", "[1]", "1"]
 
 
 def test_local_inprocess_runs_in_this_process(tmp_path):

@@ -18,7 +18,8 @@ Choices:
 - GPUs: by default one worker per visible CUDA device, each pinned with
   ``CUDA_VISIBLE_DEVICES=<its device>``; more workers than devices share them round-robin.
   Without a GPU the default is one worker. ``threads`` exports ``OMP_NUM_THREADS`` and
-  ``MKL_NUM_THREADS`` to the child and calls ``torch.set_num_threads`` in it.
+  ``MKL_NUM_THREADS`` to the child and sets torch's and the loaded BLAS libraries' thread
+  pools to it there (``harness.threads``).
 - Ctrl-C and SIGTERM (SLURM, ``docker stop``, systemd): while the grid runs, both are only
   counted in the parent. The executor then sends one SIGINT to each running cell's
   process group (each cell leads its own group, so a terminal's Ctrl-C does not hit it
@@ -222,9 +223,9 @@ def _child_main(
         registry.reload()  # loaded in the forkserver: find the plugins this cell's path has
     try:
         if threads:
-            import torch
+            from harness.threads import limit_threads
 
-            torch.set_num_threads(threads)
+            limit_threads(threads)
         work, cell = pickle.loads(payload)
         reply: tuple[str, Any] = ("result", work(cell))
     except KeyboardInterrupt:
@@ -537,9 +538,9 @@ class LocalExecutor(Executor):
     def _run_inprocess(self, cells: list[Cell], work: Work) -> list[dict[str, Any]]:
         """Cells one after the other in this process (no isolation, no time limit)."""
         if self.threads:
-            import torch
+            from harness.threads import limit_threads
 
-            torch.set_num_threads(self.threads)
+            limit_threads(self.threads)
         results: list[dict[str, Any]] = []
         with (
             InterruptCounter() as interrupts,
