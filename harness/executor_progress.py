@@ -7,79 +7,46 @@ is printed instead, and a summary line at the end::
     [17/72] place | prune0.5 -> prune0.8 | s1  finished  FID 88.9  24.1 s  ETA 9 min
     cells: 70 finished, 2 failed in 31.5 min
 
-The ETA (:class:`EtaEstimator`) adds up the expected duration of every cell still to
-run and spreads it over the ``workers``: a cell whose kind (its objective's label) has
-finished before is expected to take the mean of those; any other the mean of the most
-recent cells.  Kinds matter because a grid runs its cells objective by objective and a
-FeatKD cell takes twice as long as a no-KD one: the recent mean alone misjudged a bench
-run by 10 minutes at its start.
+The ETA (:class:`EtaEstimator`) is the mean duration of the most recent cells times the
+number of rounds of ``workers`` parallel cells still to run: recent cells, because the
+first ones of a grid also fill caches (teacher predictions, reference features).
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 import sys
 import time
-from collections import Counter, defaultdict, deque
-from collections.abc import Mapping
+from collections import Counter, deque
 from typing import Any, TextIO
 
 from harness.executor import progress_bar, tally
 from harness.schema import Metric
 
 
-def cell_kind(cell: Any) -> str:
-    """What a cell's duration is predicted from: its objective's label (a teacher job:
-    ``"teacher"``)."""
-    if isinstance(cell, Mapping):
-        return str(cell.get("objective_label") or cell.get("kind") or "cell")
-    return str(getattr(cell, "objective_label", None) or getattr(cell, "kind", None) or "cell")
-
-
 class EtaEstimator:
     """Remaining wall time of a grid from the durations of its finished cells.
 
-    Without ``kinds``: ``mean(last `window` durations) * ceil(remaining / workers)``.
-    With ``kinds`` (each cell's kind, e.g. by :func:`cell_kind`, as a list or a mapping
-    from cell id): ``sum over the cells left of their kind's mean duration / workers``,
-    a kind not seen yet counting the recent mean.  None before the first cell ends.
+    ``eta = mean(last `window` durations) * ceil(remaining / workers)``; None before the
+    first cell ends.
     """
 
-    def __init__(
-        self,
-        total: int,
-        workers: int = 1,
-        window: int = 10,
-        kinds: Mapping[str, str] | list[str] | None = None,
-    ):
+    def __init__(self, total: int, workers: int = 1, window: int = 10):
         self.total = total
         self.workers = max(1, int(workers))
         self.durations: deque[float] = deque(maxlen=window)
         self.done = 0
-        values = list(kinds.values()) if isinstance(kinds, Mapping) else kinds
-        self.left: Counter[str] | None = Counter(values) if values else None
-        self.by_kind: dict[str, list[float]] = defaultdict(list)
 
-    def add(self, seconds: float, kind: str | None = None) -> None:
+    def add(self, seconds: float) -> None:
         self.done += 1
         self.durations.append(float(seconds))
-        if kind is not None and self.left is not None and self.left[kind] > 0:
-            self.left[kind] -= 1
-            self.by_kind[kind].append(float(seconds))
 
     def eta(self) -> float | None:
         if not self.durations:
             return None
         remaining = max(0, self.total - self.done)
-        recent = statistics.fmean(self.durations)
-        if self.left is None:
-            return recent * math.ceil(remaining / self.workers)
-        work = sum(
-            n * (statistics.fmean(self.by_kind[k]) if self.by_kind.get(k) else recent)
-            for k, n in self.left.items()
-        )
-        return work / self.workers if remaining else 0.0
+        mean = sum(self.durations) / len(self.durations)
+        return mean * math.ceil(remaining / self.workers)
 
 
 def format_duration(seconds: float | None) -> str:
@@ -121,8 +88,7 @@ class CellProgress:
 
     ``progress``: True/False forces the bar on or off; None shows it when stderr is a
     terminal.  Lines are printed when ``lines`` is True, or (None) when ``stream`` is not a
-    terminal and ``progress`` is not False.  ``kinds`` maps each cell id to its kind
-    (:func:`cell_kind`) for the ETA.
+    terminal and ``progress`` is not False.
     """
 
     def __init__(
@@ -133,7 +99,6 @@ class CellProgress:
         workers: int = 1,
         lines: bool | None = None,
         stream: TextIO | None = None,
-        kinds: Mapping[str, str] | None = None,
     ):
         self.total = total
         self.stream = stream if stream is not None else sys.stdout
@@ -142,15 +107,14 @@ class CellProgress:
             lines = progress is not False and not (isatty and isatty())
         self.lines = bool(lines)
         self.bar = progress_bar(total, progress, desc)
-        self.kinds = dict(kinds or {})
-        self.estimator = EtaEstimator(total, workers, kinds=self.kinds)
+        self.estimator = EtaEstimator(total, workers)
         self.results: list[dict[str, Any]] = []
         self.started = time.monotonic()
 
     def update(self, result: dict[str, Any], seconds: float) -> None:
         """Record one cell that ended after ``seconds``."""
         self.results.append(result)
-        self.estimator.add(seconds, self.kinds.get(str(result.get("cell_id"))))
+        self.estimator.add(seconds)
         self.bar.update(1)
         tally(self.bar, self.results)
         if self.lines:
@@ -173,7 +137,6 @@ class CellProgress:
 __all__ = [
     "CellProgress",
     "EtaEstimator",
-    "cell_kind",
     "cell_line",
     "format_duration",
     "summary_line",

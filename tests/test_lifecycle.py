@@ -26,12 +26,10 @@ from conftest import TINY_GRID
 from harness.executor_progress import (
     CellProgress,
     EtaEstimator,
-    cell_kind,
     cell_line,
     format_duration,
     summary_line,
 )
-from harness.jobs import GridContext, TeacherJob
 from plugins.executors.local import LocalExecutor
 
 TESTS = Path(__file__).parent
@@ -83,35 +81,6 @@ def test_eta_is_recent_mean_duration_times_rounds_left():
     odd = EtaEstimator(total=4, workers=3)
     odd.add(6.0)
     assert odd.eta() == pytest.approx(6.0)  # 3 left on 3 workers: one round
-
-
-def test_eta_counts_each_cell_left_at_its_kinds_mean_duration():
-    # A grid runs objective by objective: 4 quick "a" cells, then 4 slow "b" cells.
-    kinds = {f"a{i}": "a" for i in range(4)} | {f"b{i}": "b" for i in range(4)}
-    eta = EtaEstimator(total=8, workers=2, kinds=kinds)
-    eta.add(10.0, "a")
-    assert eta.eta() == pytest.approx((3 * 10 + 4 * 10) / 2)  # "b" unseen: the recent mean
-    eta.add(40.0, "b")
-    assert eta.eta() == pytest.approx((3 * 10 + 3 * 40) / 2)  # the recent mean would say 75
-    eta.add(12.0, "a")
-    assert eta.eta() == pytest.approx((2 * 11 + 3 * 40) / 2)
-    for kind in ("a", "a", "b", "b", "b"):
-        eta.add(1.0, kind)
-    assert eta.eta() == 0.0
-    assert cell_kind({"cell_id": "x", "objective_label": "place"}) == "place"
-    context = GridContext({}, "sqlite:///x.db", "0", "g", "cache")
-    assert cell_kind(TeacherJob(context, {"prune": 0.5}, "t1", "prune0.5")) == "teacher"
-
-
-def test_progress_lines_give_the_eta_of_the_kinds_left():
-    log = io.StringIO()
-    kinds = {"n": "none", "f1": "featkd", "f2": "featkd"}
-    with CellProgress(3, progress=None, stream=log, workers=1, kinds=kinds) as progress:
-        progress.update({"cell_id": "n", "label": "none", "status": "finished"}, 10.0)
-        progress.update({"cell_id": "f1", "label": "featkd", "status": "finished"}, 50.0)
-    lines = log.getvalue().splitlines()
-    assert lines[0] == "[1/3] none  finished  10.0 s  ETA 20.0 s"  # featkd unseen: 2 x 10 s
-    assert lines[1] == "[2/3] featkd  finished  50.0 s  ETA 50.0 s"  # one featkd cell left
 
 
 def test_durations_read_like_a_person_would_write_them():

@@ -73,7 +73,7 @@ from harness.executor import (
     outcome,
     skipped,
 )
-from harness.executor_progress import CellProgress, cell_kind
+from harness.executor_progress import CellProgress
 from harness.schema import Status
 
 _POLL_S = 0.2
@@ -262,11 +262,6 @@ def _exit_reason(code: int | None) -> str:
     if code:
         return f"worker exited with code {code} without returning a result"
     return "worker exited without returning a result"
-
-
-def _kinds(cells: list[Cell]) -> dict[str, str]:
-    """Each cell's kind by cell id, for the ETA (cells of one objective take alike)."""
-    return {str(identify(cell)[0]): cell_kind(cell) for cell in cells}
 
 
 @dataclass
@@ -480,9 +475,7 @@ class LocalExecutor(Executor):
         free = list(range(len(slots)))
         running: list[_Running] = []
         next_cell = 0
-        progress = CellProgress(
-            len(cells), self.progress, "cells", workers=len(slots), kinds=_kinds(cells)
-        )
+        progress = CellProgress(len(cells), self.progress, "cells", workers=len(slots))
 
         def settle(done: list[_Running]) -> None:
             for child in done:
@@ -544,7 +537,7 @@ class LocalExecutor(Executor):
         results: list[dict[str, Any]] = []
         with (
             InterruptCounter() as interrupts,
-            CellProgress(len(cells), self.progress, "cells", kinds=_kinds(cells)) as progress,
+            CellProgress(len(cells), self.progress, "cells") as progress,
         ):
             for cell in cells:
                 if interrupts.count:
