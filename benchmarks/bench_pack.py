@@ -6,10 +6,10 @@ students could share one process with their parameters stacked
 what that would buy for the bench's student (configs/bench.toml: 38k params, 8x8,
 batch 64): the median time of one training step of all K students (forward, denoising
 loss, backward, per-student gradient clipping, AdamW, EMA) done one after another, as
-``harness.trainer`` does in K processes, against the packed step, and how far the packed
-students' parameters drift from the sequential ones after the same steps (max absolute
-difference; float tolerance, not the same bits: a convolution with stacked weights is one
-grouped convolution, which sums in another order).  The packed forward runs
+``harness.trainer`` does in K processes, against the packed step; then how far the packed
+predictions are from the sequential ones (float tolerance, not the same bits: a
+convolution with stacked weights is one grouped convolution, which sums in another
+order) and how far the parameters part after the same steps.  The packed forward runs
 ``scaled_dot_product_attention`` on its math backend: ``vmap`` has no batching rule for
 the CPU flash kernel and would loop over the students (diffusers' older
 ``AttnProcessor`` batches too, but its predictions differ from SDPA's by 6e-3 here).
@@ -136,6 +136,8 @@ def main() -> None:
             start = time.perf_counter()
             for s in range(step, step + per_round):
                 run.step(batches(1 + s))
+            if torch.cuda.is_available() and str(args.device).startswith("cuda"):
+                torch.cuda.synchronize()
             times[name].append((time.perf_counter() - start) / per_round)
         step += per_round
     print(
