@@ -155,7 +155,7 @@ def main() -> None:
         f"largest parameter difference: {first:.1e} after 1 step, "
         f"{drift(*runs.values()):.1e} after {1 + step}: Adam's first step moves each "
         "parameter by lr times its gradient's sign, so a near-zero gradient whose last bits "
-        "differ parts the runs by 2 lr at once"
+        "differ can part the runs by up to 2 lr at once"
     )
 
 
