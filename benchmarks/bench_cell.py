@@ -13,11 +13,10 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from pathlib import Path
 
 import _args
+from _student import CONFIG
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "bench.toml"
 PHASES = ("time_start_s", "time_teacher_s", "time_train_s", "time_sample_s", "time_metrics_s")
 
 

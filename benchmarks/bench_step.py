@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import copy
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
 import _args
 import torch
+from _student import bench_student
 
-from harness.capacity import Context
-from harness.config import Capacity, load_config
-from harness.trainer import BatchMaker, make_ema
+from harness.trainer import make_ema
 
 PHASES = ("forward", "backward", "clip", "adamw", "ema")
 VARIANTS = {
@@ -82,10 +79,7 @@ def main() -> None:
     args = _args.parse(_args.parser(__doc__))
     device = torch.device(args.device)
     rounds, per_round = (3, 5) if args.quick else (6, 10)
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "bench.toml")
-    ctx = Context.create(cfg, device, tempfile.mkdtemp(), progress=False)
-    base = ctx.student_init(Capacity.model_validate({"prune": 0.8}), 0)
-    batches = BatchMaker(ctx.images, ctx.labels, ctx.process, cfg.train.batch_size, 0, device)
+    base, batches, cfg = bench_student(device)
     n = sum(p.numel() for p in base.parameters())
     print(
         f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}; "
